@@ -1,0 +1,185 @@
+"""Explicit pyarrow schemas of the label store (DESIGN.md section 3).
+
+Every Parquet file the store writes carries ``pipstc.table`` and ``pipstc.schema_version`` in its
+schema metadata; readers check both before trusting a file. Landmarks are a fixed-size list of N
+fixed-size (x, y) float32 pairs in original image pixels (NaN = missing); per-landmark confidence is
+a fixed-size list of N float32 beside them.
+
+Vocabulary (DESIGN.md section 2): ``split`` is ``train`` | ``holdout`` | ``pool``; a label's
+``source`` is ``human`` | ``corrected`` | ``pseudo``; a pseudo-label's curriculum ``level`` is ``std`` |
+``cls2`` | ``cls3`` (or ``review`` when routed to people and kept out of training); a review's
+``status`` is ``pushed`` | ``completed`` | ``skipped`` | ``rejected``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+__all__ = [
+    "LABEL_SOURCES",
+    "LEVELS",
+    "REVIEW_STATUSES",
+    "SCHEMA_VERSION",
+    "SPLITS",
+    "SchemaMismatch",
+    "check_table_schema",
+    "labels_schema",
+    "landmarks_from_arrow",
+    "landmarks_to_arrow",
+    "rejects_schema",
+    "reviews_schema",
+    "samples_schema",
+    "table_schema",
+]
+
+SCHEMA_VERSION = 1
+SPLITS = ("train", "holdout", "pool")
+LABEL_SOURCES = ("human", "corrected", "pseudo")
+# Priority of the training view: human > corrected > pseudo.
+SOURCE_PRIORITY = {"human": 0, "corrected": 1, "pseudo": 2}
+LEVELS = ("std", "cls2", "cls3", "review")
+REVIEW_STATUSES = ("pushed", "completed", "skipped", "rejected")
+
+_TS = pa.timestamp("us", tz="UTC")
+
+
+class SchemaMismatch(ValueError):
+    """A Parquet file's schema is not the one this version of pipstc writes."""
+
+
+def _meta(table: str) -> dict[bytes, bytes]:
+    return {b"pipstc.table": table.encode(), b"pipstc.schema_version": str(SCHEMA_VERSION).encode()}
+
+
+def samples_schema() -> pa.Schema:
+    """One row per face. ``box`` is (x0, y0, x1, y1) in image pixels."""
+    return pa.schema(
+        [
+            pa.field("sample_id", pa.string(), nullable=False),  # content hash of image bytes + box
+            pa.field("image_uri", pa.string(), nullable=False),
+            pa.field("width", pa.int32(), nullable=False),
+            pa.field("height", pa.int32(), nullable=False),
+            pa.field("box", pa.list_(pa.float32(), 4), nullable=False),
+            pa.field("box_source", pa.string()),  # "landmarks", "given", "detector:<name>"
+            pa.field("detector_score", pa.float32()),
+            pa.field("split", pa.string(), nullable=False),
+            pa.field("dataset", pa.string(), nullable=False),
+            pa.field("created_at", _TS, nullable=False),
+        ],
+        metadata=_meta("samples"),
+    )
+
+
+def labels_schema(num_landmarks: int) -> pa.Schema:
+    """Append-only label rows for a scheme with ``num_landmarks`` landmarks."""
+    n = num_landmarks
+    return pa.schema(
+        [
+            pa.field("label_id", pa.string(), nullable=False),
+            pa.field("sample_id", pa.string(), nullable=False),
+            pa.field("source", pa.string(), nullable=False),
+            pa.field("round", pa.int32(), nullable=False),
+            pa.field("landmarks", pa.list_(pa.list_(pa.float32(), 2), n), nullable=False),  # (N, 2) image px
+            pa.field("landmark_confidence", pa.list_(pa.float32(), n)),  # (N,) in [0, 1], pseudo only
+            pa.field("face_confidence", pa.float32()),  # in [0, 1], higher is surer
+            pa.field("predicted_nme", pa.float32()),  # calibrated predicted NME of the face
+            pa.field("level", pa.string()),  # std | cls2 | cls3 | review (pseudo only)
+            pa.field("model_version", pa.string()),
+            pa.field("annotator", pa.string()),
+            pa.field("ls_task_id", pa.int64()),
+            pa.field("ls_annotation_id", pa.int64()),
+            pa.field("parent_label_id", pa.string()),  # for corrections: the pseudo-label corrected
+            pa.field("moved", pa.list_(pa.bool_(), n)),  # for corrections: landmarks the person moved
+            pa.field("created_at", _TS, nullable=False),
+        ],
+        metadata=_meta("labels") | {b"pipstc.num_landmarks": str(n).encode()},
+    )
+
+
+def reviews_schema() -> pa.Schema:
+    """Review events; the newest row per (sample_id, project_id) is the review's state."""
+    return pa.schema(
+        [
+            pa.field("sample_id", pa.string(), nullable=False),
+            pa.field("round", pa.int32(), nullable=False),
+            pa.field("status", pa.string(), nullable=False),
+            pa.field("project_id", pa.int64()),
+            pa.field("task_id", pa.int64()),
+            pa.field("label_id", pa.string()),  # the pseudo-label shown as prediction
+            pa.field("annotation_id", pa.int64()),
+            pa.field("note", pa.string()),
+            pa.field("updated_at", _TS, nullable=False),
+        ],
+        metadata=_meta("reviews"),
+    )
+
+
+def rejects_schema() -> pa.Schema:
+    """Inputs that could not be used, with where and why (never silently dropped)."""
+    return pa.schema(
+        [
+            pa.field("stage", pa.string(), nullable=False),  # import | pool | train | pseudo | review
+            pa.field("source", pa.string(), nullable=False),  # file path or URI
+            pa.field("location", pa.string()),  # "line 12", "field x3", "annotation 7"...
+            pa.field("sample_id", pa.string()),
+            pa.field("round", pa.int32()),
+            pa.field("reason", pa.string(), nullable=False),
+            pa.field("created_at", _TS, nullable=False),
+        ],
+        metadata=_meta("rejects"),
+    )
+
+
+def table_schema(table: str, num_landmarks: int | None = None) -> pa.Schema:
+    """The schema of a store table by name."""
+    if table == "labels":
+        if num_landmarks is None:
+            raise ValueError("labels schema needs num_landmarks")
+        return labels_schema(num_landmarks)
+    return {"samples": samples_schema, "reviews": reviews_schema, "rejects": rejects_schema}[table]()
+
+
+def check_table_schema(schema: pa.Schema, table: str, source: str, num_landmarks: int | None = None) -> None:
+    """Refuse a file that is not a pipstc ``table`` file of this schema version.
+
+    Raises:
+        SchemaMismatch: names ``source`` and what differs.
+    """
+    meta = schema.metadata or {}
+    got_table = meta.get(b"pipstc.table", b"").decode()
+    if got_table != table:
+        raise SchemaMismatch(
+            f"{source}: not a pipstc {table!r} file (table tag {got_table or 'missing'!r}); remove it from the store"
+            " or move it elsewhere"
+        )
+    version = meta.get(b"pipstc.schema_version", b"").decode()
+    if version != str(SCHEMA_VERSION):
+        raise SchemaMismatch(
+            f"{source}: schema version {version or 'missing'!r}, this pipstc reads version {SCHEMA_VERSION};"
+            " upgrade pipstc (newer file) or migrate the store (older file)"
+        )
+    expected = table_schema(table, num_landmarks)
+    if not schema.remove_metadata().equals(expected.remove_metadata()):
+        raise SchemaMismatch(f"{source}: columns differ from the {table!r} schema version {SCHEMA_VERSION}")
+
+
+def landmarks_to_arrow(landmarks: np.ndarray) -> pa.FixedSizeListArray:
+    """(R, N, 2) float -> Arrow fixed-size list of N (x, y) float32 pairs, zero-copy where possible."""
+    arr = np.ascontiguousarray(landmarks, dtype=np.float32)
+    if arr.ndim != 3 or arr.shape[2] != 2:
+        raise ValueError(f"landmarks must have shape (R, N, 2), got {arr.shape}")
+    r, n, _ = arr.shape
+    flat = pa.array(arr.reshape(-1), type=pa.float32())
+    pairs = pa.FixedSizeListArray.from_arrays(flat, 2)
+    return pa.FixedSizeListArray.from_arrays(pairs, n)
+
+
+def landmarks_from_arrow(column: pa.Array | pa.ChunkedArray, num_landmarks: int) -> np.ndarray:
+    """Arrow fixed-size list column -> (R, N, 2) float32 array."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if len(column) == 0:
+        return np.zeros((0, num_landmarks, 2), dtype=np.float32)
+    values = column.flatten().flatten()
+    return values.to_numpy(zero_copy_only=False).reshape(len(column), num_landmarks, 2)
