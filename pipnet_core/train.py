@@ -1,0 +1,476 @@
+"""Training of PIPNet: configuration, the epoch loop, resumable checkpoints.
+
+Optimisation follows the official code (``lib/train.py``, ``lib/train_gssl.py``; PIPNET_SPEC.md
+section 9): Adam at 1e-4, MultiStepLR (x0.1 at epochs 30 and 50) stepped per epoch, 60 epochs,
+batch 16 with ``drop_last``, loss 10 x score MSE + L1 offsets/neighbours. What pipstc adds: a
+checkpoint after every epoch, written atomically and resumable to the same weights an uninterrupted
+run reaches, that embeds everything needed to use the model (scheme, mean face, neighbour table,
+config) and loads with ``torch.load(weights_only=True)``; warm start from an earlier checkpoint; a
+progress bar; the data-parallel variant in :mod:`pipnet_core.ddp` shares this loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from pipnet_core.augment import AugmentConfig
+from pipnet_core.data import FaceDataset, TargetCollate
+from pipnet_core.loss import LOSS_PARTS, pip_loss
+from pipnet_core.meanface import NeighbourTable, build_neighbour_table, compute_meanface, neighbour_table_from_nb
+from pipnet_core.model import PIPNet, create_model, normalise_batch
+from pipnet_core.schemes import Scheme, scheme_from_dict
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointMeta",
+    "TrainConfig",
+    "load_checkpoint",
+    "read_checkpoint_meta",
+    "set_checkpoint_confidence",
+    "train",
+]
+
+# Fields that may change between a run and its resumption without changing what is trained.
+_RESUMABLE_CHANGES = {"epochs", "num_workers", "device"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings; the defaults are the official PIPNet ones (PIPNET_SPEC.md section 9)."""
+
+    epochs: int = 60  # official; the demo and tests use far fewer
+    batch_size: int = 16  # official, per process under DDP
+    lr: float = 1e-4  # Adam, official
+    milestones: tuple[int, ...] = (30, 50)  # MultiStepLR epochs, official
+    gamma: float = 0.1  # LR factor at each milestone, official
+    input_size: int = 256  # official crop side; must be a multiple of net_stride
+    net_stride: int = 32  # official: an 8x8 grid at 256
+    num_nb: int = 10  # C, neighbours per landmark, official
+    backbone: str = "resnet18"  # the "lightweight" PIPNet of the paper
+    base_width: int = 64  # 64 is the real ResNet; smaller only for tests and demos
+    cls_weight: float = 10.0  # official score weight at S = 8 (spec 6)
+    reg_weight: float = 1.0  # official regression weight
+    weight_decay: float | None = None  # None: the official rule, 0 from pretrained weights, 5e-4 from scratch
+    imagenet_weights: str | None = None  # torchvision-format ResNet file; None: random init (nothing downloaded)
+    init_from: str | None = None  # warm start: a pipstc checkpoint whose weights (and neighbour table) to start from
+    meanface: str = "scheme"  # neighbour topology from the scheme's mean face, or "data" (mean of the labels)
+    seed: int = 0  # seeds torch, numpy, random and the per-sample augmentation
+    num_workers: int = 1  # loader processes; one overlaps decoding with the step on 2-core machines
+    channels_last: bool = True  # NHWC convolutions: ~15% faster training on CPU (CPU_SPEED.md B.4)
+    device: str = "auto"  # "auto": CUDA when available, else CPU
+    augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if self.input_size % self.net_stride:
+            raise ValueError(f"input_size {self.input_size} must be a multiple of net_stride {self.net_stride}")
+        if self.meanface not in ("scheme", "data"):
+            raise ValueError(f"meanface must be 'scheme' or 'data', got {self.meanface!r}")
+
+    @property
+    def grid(self) -> int:
+        """S, the score map side."""
+        return self.input_size // self.net_stride
+
+    def resolved_weight_decay(self) -> float:
+        """Adam weight decay: the explicit value, or the official rule (5e-4 only without pretraining)."""
+        if self.weight_decay is not None:
+            return float(self.weight_decay)
+        return 0.0 if (self.imagenet_weights or self.init_from) else 5e-4
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON- and ``weights_only``-safe)."""
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are refused with their names."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}; known: {sorted(names)}")
+        d = dict(d)
+        if "milestones" in d:
+            d["milestones"] = tuple(int(m) for m in d["milestones"])
+        if isinstance(d.get("augment"), dict):
+            d["augment"] = AugmentConfig(**d["augment"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """What a checkpoint says about its model.
+
+    Attributes:
+        config: The training configuration.
+        scheme: The landmark scheme.
+        meanface: (N, 2) mean face that defined the neighbour topology.
+        table: The neighbour table the heads were trained with.
+        epoch: Epochs completed.
+        confidence: A calibrated ``ConfidenceModel.to_dict()``, when one was attached.
+        extra: Any other top-level entries (metrics written by flows, ...).
+    """
+
+    config: TrainConfig
+    scheme: Scheme
+    meanface: np.ndarray
+    table: NeighbourTable
+    epoch: int
+    confidence: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _World:
+    """Where this process sits in a (possibly distributed) run."""
+
+    rank: int = 0
+    size: int = 1
+    device: torch.device = torch.device("cpu")
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _read(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated file or one holding code objects
+        raise CheckpointError(f"checkpoint {path} cannot be loaded safely (weights_only=True): {exc}") from exc
+    needed = {"model", "config", "scheme", "meanface", "num_nb", "epoch"}
+    if not isinstance(ckpt, dict) or not needed <= set(ckpt):
+        have = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path} is not a pipstc checkpoint: needs {sorted(needed)}, has {have}")
+    return ckpt
+
+
+def _meta(ckpt: dict[str, Any]) -> CheckpointMeta:
+    meanface = np.asarray(ckpt["meanface"], dtype=np.float64)
+    meanface = meanface.reshape(-1, 2)
+    table = (
+        neighbour_table_from_nb(np.asarray(ckpt["nb"], dtype=np.int64))
+        if "nb" in ckpt
+        else build_neighbour_table(meanface, int(ckpt["num_nb"]))
+    )
+    known = {"model", "optimizer", "scheduler", "config", "scheme", "meanface", "nb", "num_nb", "epoch", "confidence"}
+    return CheckpointMeta(
+        config=TrainConfig.from_dict(ckpt["config"]),
+        scheme=scheme_from_dict(ckpt["scheme"], source="checkpoint"),
+        meanface=meanface,
+        table=table,
+        epoch=int(ckpt["epoch"]),
+        confidence=ckpt.get("confidence"),
+        extra={k: v for k, v in ckpt.items() if k not in known},
+    )
+
+
+def read_checkpoint_meta(path: str | Path) -> CheckpointMeta:
+    """The metadata of a checkpoint without building its model."""
+    return _meta(_read(path))
+
+
+def _build_model(config: TrainConfig, num_landmarks: int, imagenet: bool) -> PIPNet:
+    return create_model(
+        num_landmarks,
+        num_nb=config.num_nb,
+        backbone=config.backbone,
+        base_width=config.base_width,
+        input_size=config.input_size,
+        net_stride=config.net_stride,
+        imagenet_weights=config.imagenet_weights if imagenet else None,
+    )
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[PIPNet, CheckpointMeta]:
+    """Rebuild the model of a checkpoint (in eval mode) and return it with its metadata.
+
+    Uses ``torch.load(weights_only=True)``: a checkpoint holds only tensors and plain containers.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: not a pipstc checkpoint, or its weights do not fit its config.
+    """
+    ckpt = _read(path)
+    meta = _meta(ckpt)
+    model = _build_model(meta.config, meta.scheme.num_landmarks, imagenet=False)
+    try:
+        model.load_state_dict(ckpt["model"], strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit the model its config describes: {exc}") from exc
+    return model.to(device).eval(), meta
+
+
+def _save_atomic(obj: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # readers see the old or the new file, never half of one
+
+
+def set_checkpoint_confidence(path: str | Path, confidence: dict[str, Any]) -> None:
+    """Attach a calibrated ``ConfidenceModel.to_dict()`` to a checkpoint (rewritten atomically).
+
+    The dict must hold plain data (numbers, strings, lists, dicts, None) so the file still loads
+    with ``weights_only=True``.
+    """
+    ckpt = _read(path)
+    ckpt["confidence"] = json.loads(json.dumps(confidence))  # plain data only, fails loudly otherwise
+    _save_atomic(ckpt, Path(path))
+
+
+def _scheduler_state(state: dict[str, Any]) -> dict[str, Any]:
+    state = dict(state)
+    state["milestones"] = dict(state["milestones"])  # Counter -> dict: plain data for weights_only
+    return state
+
+
+def _choose_meanface(config: TrainConfig, dataset: FaceDataset, scheme: Scheme) -> np.ndarray:
+    if config.meanface == "scheme" and scheme.meanface_array is not None:
+        return scheme.meanface_array
+    return compute_meanface(dataset.normalised_landmarks())
+
+
+def _check_resume(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    now = config.to_dict()
+    diff = sorted(k for k in set(now) | set(saved) if k not in _RESUMABLE_CHANGES and now.get(k) != saved.get(k))
+    if diff:
+        changes = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff)
+        raise CheckpointError(
+            f"{path} was written with a different config ({changes}); "
+            "resume with the same config, pass resume=False to start over, or write to another path"
+        )
+
+
+class _EpochSampler(Sampler[int]):
+    """A shuffle that depends only on (seed, epoch), so resumed runs see the same order."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
+def train(
+    config: TrainConfig,
+    dataset: FaceDataset,
+    scheme: Scheme,
+    out_path: str | Path,
+    resume: bool = True,
+    progress: bool = True,
+    log: Callable[[dict[str, Any]], None] | None = None,
+) -> Path:
+    """Train a PIPNet and write its checkpoint to ``out_path`` after every epoch.
+
+    Args:
+        config: Settings (``config.augment`` replaces the dataset's own augmentation).
+        dataset: The training faces; its ``input_size`` must equal ``config.input_size``.
+        scheme: The landmark scheme (stored in the checkpoint).
+        out_path: Checkpoint file. If it exists and ``resume`` is true, training continues from it.
+        resume: Continue from an existing checkpoint at ``out_path`` (its config must match).
+        progress: Show a tqdm progress bar.
+        log: Called after each epoch (and its checkpoint) with ``{"epoch", "loss", "score", "x", "y",
+            "nb_x", "nb_y", "lr", "seconds", "images_per_s"}``.
+
+    Returns:
+        ``out_path``.
+
+    The checkpoint holds ``{"model", "optimizer", "scheduler", "epoch", "config", "scheme",
+    "meanface", "nb", "num_nb"}`` (plain data and tensors only); read it with :func:`load_checkpoint`.
+    """
+    path, _ = _fit(
+        config, dataset, scheme, Path(out_path), resume, progress, log, _World(device=_resolve_device(config.device))
+    )
+    return path
+
+
+def _fit(
+    config: TrainConfig,
+    dataset: FaceDataset,
+    scheme: Scheme,
+    out_path: Path,
+    resume: bool,
+    progress: bool,
+    log: Callable[[dict[str, Any]], None] | None,
+    world: _World,
+) -> tuple[Path, PIPNet]:
+    """The training loop shared by :func:`train` and :func:`pipnet_core.ddp.train_ddp`; returns the model too."""
+    if dataset.input_size != config.input_size:
+        raise ValueError(f"dataset crops are {dataset.input_size} px but config.input_size is {config.input_size}")
+    if dataset.num_landmarks != scheme.num_landmarks:
+        raise ValueError(
+            f"dataset has {dataset.num_landmarks} landmarks but scheme {scheme.name!r} has {scheme.num_landmarks}"
+        )
+    if len(dataset) == 0:
+        raise ValueError("the training dataset is empty")
+    _seed_everything(config.seed)
+    device = world.device
+
+    init = _read(config.init_from) if config.init_from else None
+    meanface = (
+        np.asarray(init["meanface"], dtype=np.float64).reshape(-1, 2)
+        if init is not None
+        else _choose_meanface(config, dataset, scheme)
+    )
+    table = _meta(init).table if init is not None else build_neighbour_table(meanface, config.num_nb)
+    if table.num_nb != config.num_nb:
+        raise ValueError(
+            f"init_from {config.init_from} uses {table.num_nb} neighbours, config.num_nb is {config.num_nb}"
+        )
+
+    model = _build_model(config, scheme.num_landmarks, imagenet=init is None)
+    if init is not None:
+        try:
+            model.load_state_dict(init["model"], strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"init_from {config.init_from} does not fit this config: {exc}") from exc
+    model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.resolved_weight_decay())
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(config.milestones), gamma=config.gamma)
+
+    start = 0
+    if resume and out_path.is_file():
+        saved = _read(out_path)
+        _check_resume(saved["config"], config, out_path)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        sched_state = dict(saved["scheduler"])
+        sched_state["milestones"] = Counter({int(k): int(v) for k, v in sched_state["milestones"].items()})
+        scheduler.load_state_dict(sched_state)
+        start = int(saved["epoch"])
+        meanface = np.asarray(saved["meanface"], dtype=np.float64).reshape(-1, 2)
+        table = neighbour_table_from_nb(np.asarray(saved["nb"], dtype=np.int64))
+
+    net: torch.nn.Module = model
+    if world.size > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    train_set = dataset.with_augment(config.augment)
+    train_set.seed = config.seed
+    if train_set.cache_crops and config.num_workers > 0:
+        train_set.precache()
+    per_rank = math.ceil(len(train_set) / world.size)
+    # drop_last as the official loader, unless that would leave no batch at all (tiny datasets).
+    batch_size = min(config.batch_size, per_rank)
+    if world.size > 1:
+        sampler: Any = torch.utils.data.distributed.DistributedSampler(
+            train_set, num_replicas=world.size, rank=world.rank, shuffle=True, seed=config.seed
+        )
+    else:
+        sampler = _EpochSampler(len(train_set), config.seed)
+    collate = TargetCollate(table.nb, config.grid)
+    steps = per_rank // batch_size
+    remaining = max(config.epochs - start, 0) * steps
+    bar = tqdm(total=remaining, disable=not progress or world.rank != 0, unit="step", dynamic_ncols=True)
+
+    for epoch in range(start, config.epochs):
+        model.train()
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        loader = DataLoader(
+            train_set,
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=config.num_workers,
+            collate_fn=collate,
+            pin_memory=device.type == "cuda",
+        )
+        sums = dict.fromkeys((*LOSS_PARTS, "total"), 0.0)
+        seen, t0 = 0, time.perf_counter()
+        bar.set_description(f"epoch {epoch + 1}/{config.epochs}")
+        for batch in loader:
+            images = normalise_batch(batch.images, channels_last=config.channels_last, device=device)
+            targets = batch.targets.to(device, non_blocking=True)
+            loss, parts = pip_loss(net(images), targets, config.cls_weight, config.reg_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            n = images.shape[0]
+            for k in sums:
+                sums[k] += parts[k] * n
+            seen += n
+            bar.update(1)
+            bar.set_postfix(loss=f"{parts['total']:.4f}")
+        scheduler.step()
+        if world.size > 1:
+            # DDP keeps parameters equal; BatchNorm running statistics drift per rank, so take rank 0's.
+            for buf in model.buffers():
+                torch.distributed.broadcast(buf, src=0)
+        seconds = time.perf_counter() - t0
+        if world.rank == 0:
+            _save_atomic(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": _scheduler_state(scheduler.state_dict()),
+                    "epoch": epoch + 1,
+                    "config": config.to_dict(),
+                    "scheme": scheme.to_dict(),
+                    "meanface": meanface.reshape(-1).tolist(),
+                    "nb": table.nb.tolist(),
+                    "num_nb": table.num_nb,
+                },
+                out_path,
+            )
+        if world.size > 1:
+            torch.distributed.barrier()
+        if log is not None and world.rank == 0:
+            record = {k: v / max(seen, 1) for k, v in sums.items()}
+            log(
+                {
+                    "epoch": epoch + 1,
+                    "loss": record.pop("total"),
+                    **record,
+                    "lr": scheduler.get_last_lr()[0],
+                    "seconds": seconds,
+                    "images_per_s": seen * world.size / max(seconds, 1e-9),
+                }
+            )
+    bar.close()
+    return out_path, model

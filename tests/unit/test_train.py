@@ -1,0 +1,184 @@
+"""Dataset, training loop, checkpoints: resume reproduces an uninterrupted run; a tiny model overfits."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tiny_faces import draw_faces
+
+from pipnet_core.augment import AugmentConfig
+from pipnet_core.crop import to_crop
+from pipnet_core.data import FaceDataset, ImageReadError, TargetCollate
+from pipnet_core.decode import decode
+from pipnet_core.meanface import build_neighbour_table
+from pipnet_core.metrics import nme
+from pipnet_core.model import normalise_batch
+from pipnet_core.schemes import get_scheme
+from pipnet_core.targets import build_targets
+from pipnet_core.train import (
+    CheckpointError,
+    TrainConfig,
+    load_checkpoint,
+    read_checkpoint_meta,
+    set_checkpoint_confidence,
+    train,
+)
+
+SCHEME = get_scheme("300w")
+TINY = {"input_size": 64, "base_width": 8, "num_workers": 0, "channels_last": True}
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], np.ndarray, np.ndarray]:
+    return draw_faces(tmp_path_factory.mktemp("faces"), count=8, size=128)
+
+
+def _dataset(faces: tuple, size: int = 64, **kw: object) -> FaceDataset:
+    paths, boxes, lm = faces
+    return FaceDataset(paths, boxes, lm, input_size=size, flip=SCHEME.flip, **kw)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_dataset_items_and_collate(faces: tuple) -> None:
+    ds = _dataset(faces, levels=["std", "cls2", "cls3", "std", "std", "std", "std", "std"])
+    item = ds[1]
+    assert item["image"].dtype == torch.uint8 and item["image"].shape == (64, 64, 3)
+    np.testing.assert_allclose(item["landmarks"].numpy(), to_crop(faces[2][1], faces[1][1]), atol=1e-6)
+    table = build_neighbour_table(SCHEME.meanface_array)
+    batch = TargetCollate(table.nb, grid=4)([ds[i] for i in range(3)])
+    expect = build_targets(batch.landmarks.numpy(), ["std", "cls2", "cls3"], table.nb, 4)
+    assert batch.images.shape == (3, 64, 64, 3)
+    np.testing.assert_array_equal(batch.targets.cell.numpy(), expect.cell)
+    np.testing.assert_allclose(batch.targets.nb_x.numpy(), expect.nb_x)
+    np.testing.assert_array_equal(batch.targets.mask_cls.numpy(), expect.mask_cls)
+    assert batch.index.tolist() == [0, 1, 2]
+
+
+def test_augmentation_depends_only_on_seed_epoch_index(faces: tuple) -> None:
+    ds = _dataset(faces, augment=AugmentConfig(), seed=3)
+    ds.set_epoch(2)
+    a = ds[4]
+    again = _dataset(faces, augment=AugmentConfig(), seed=3)
+    again.set_epoch(2)
+    b = again[4]
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["landmarks"], b["landmarks"])
+    ds.set_epoch(3)
+    assert not torch.equal(ds[4]["landmarks"], a["landmarks"])
+
+
+def test_unreadable_image_names_the_path(tmp_path: Path, faces: tuple) -> None:
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    ds = FaceDataset([bad, tmp_path / "missing.png"], faces[1][:2], faces[2][:2], input_size=64)
+    with pytest.raises(ImageReadError, match="broken.jpg"):
+        ds[0]
+    with pytest.raises(ImageReadError, match="missing.png"):
+        ds[1]
+
+
+def test_dataset_refuses_bad_levels(faces: tuple) -> None:
+    with pytest.raises(ValueError, match="row 2"):
+        _dataset(faces, levels=["std", "std", "hard", "std", "std", "std", "std", "std"])
+
+
+def test_config_round_trip() -> None:
+    cfg = TrainConfig(epochs=3, milestones=(1, 2), augment=AugmentConfig(rotate_p=0.1))
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert TrainConfig().resolved_weight_decay() == 5e-4  # official: decay only without pretraining
+    assert TrainConfig(imagenet_weights="r18.pth").resolved_weight_decay() == 0.0
+    with pytest.raises(ValueError, match="unknown TrainConfig"):
+        TrainConfig.from_dict({"epoch": 3})
+
+
+def test_resume_gives_the_same_weights(tmp_path: Path, faces: tuple) -> None:
+    cfg = TrainConfig(epochs=3, batch_size=4, milestones=(2,), lr=1e-3, augment=AugmentConfig(), **TINY)
+    straight = train(cfg, _dataset(faces), SCHEME, tmp_path / "a.pt", progress=False)
+
+    def stop_after_first(record: dict) -> None:
+        if record["epoch"] == 1:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        train(cfg, _dataset(faces), SCHEME, tmp_path / "b.pt", progress=False, log=stop_after_first)
+    assert read_checkpoint_meta(tmp_path / "b.pt").epoch == 1
+    epochs_run: list[int] = []
+    resumed = train(
+        cfg, _dataset(faces), SCHEME, tmp_path / "b.pt", progress=False, log=lambda r: epochs_run.append(r["epoch"])
+    )
+    assert epochs_run == [2, 3]
+    a = torch.load(straight, weights_only=True)
+    b = torch.load(resumed, weights_only=True)
+    assert a["epoch"] == b["epoch"] == 3
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    assert a["scheduler"] == b["scheduler"]
+    # A finished run is not trained again; a different config is refused.
+    train(cfg, _dataset(faces), SCHEME, tmp_path / "b.pt", progress=False, log=lambda r: epochs_run.append(-1))
+    assert epochs_run == [2, 3]
+    with pytest.raises(CheckpointError, match="lr"):
+        train(dataclasses.replace(cfg, lr=5e-4), _dataset(faces), SCHEME, tmp_path / "b.pt", progress=False)
+
+
+def test_checkpoint_contents_and_warm_start(tmp_path: Path, faces: tuple) -> None:
+    cfg = TrainConfig(epochs=1, batch_size=16, augment=None, **TINY)  # batch larger than the dataset
+    logs: list[dict] = []
+    path = train(cfg, _dataset(faces), SCHEME, tmp_path / "c.pt", progress=False, log=logs.append)
+    assert len(logs) == 1 and np.isfinite(logs[0]["loss"])
+    raw = torch.load(path, weights_only=True)
+    assert {"model", "optimizer", "scheduler", "epoch", "config", "scheme", "meanface", "num_nb", "nb"} <= set(raw)
+    model, meta = load_checkpoint(path)
+    assert not model.training and meta.scheme == SCHEME and meta.table.max_len == 22
+    np.testing.assert_allclose(meta.meanface, SCHEME.meanface_array)
+    assert meta.confidence is None
+    set_checkpoint_confidence(path, {"features": ["vote_spread"], "weights": [1.0]})
+    assert read_checkpoint_meta(path).confidence == {"features": ["vote_spread"], "weights": [1.0]}
+
+    warm = TrainConfig(epochs=1, batch_size=16, augment=None, init_from=str(path), lr=0.0, **TINY)
+    assert warm.resolved_weight_decay() == 0.0
+    out = train(warm, _dataset(faces), SCHEME, tmp_path / "d.pt", progress=False)
+    w0, w1 = torch.load(path, weights_only=True)["model"], torch.load(out, weights_only=True)["model"]
+    assert torch.equal(w0["cls_layer.weight"], w1["cls_layer.weight"])  # lr 0: the warm start's weights kept
+
+
+def test_load_checkpoint_refuses_other_files(tmp_path: Path) -> None:
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "x.pt")
+    with pytest.raises(CheckpointError, match="x.pt"):
+        load_checkpoint(tmp_path / "x.pt")
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "nothing.pt")
+
+
+@pytest.mark.slow
+def test_tiny_model_overfits_eight_faces(tmp_path: Path, faces: tuple) -> None:
+    # A 16-wide ResNet-18 at 128 px (4x4 grid). lr 1e-3 instead of the official 1e-4: 60 full-batch
+    # steps are far fewer than 60 epochs over thousands of faces.
+    cfg = TrainConfig(
+        epochs=60,
+        batch_size=8,
+        lr=1e-3,
+        milestones=(50,),
+        input_size=128,
+        base_width=16,
+        augment=None,
+        num_workers=0,
+        weight_decay=0.0,
+    )
+    ds = _dataset(faces, size=128, cache_crops=True)
+    losses: list[float] = []
+    path = train(cfg, ds, SCHEME, tmp_path / "overfit.pt", progress=False, log=lambda r: losses.append(r["loss"]))
+    assert losses[-1] < losses[0] / 10
+
+    model, meta = load_checkpoint(path)
+    images = torch.stack([torch.from_numpy(ds.load_crop(i)) for i in range(len(ds))])
+    with torch.no_grad():
+        out = model(normalise_batch(images))
+    decoded = decode(*(o.numpy() for o in out[:5]), meta.table)
+    errors = nme(decoded.landmarks, ds.normalised_landmarks(), SCHEME)
+    assert errors.mean() < 0.05
