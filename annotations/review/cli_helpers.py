@@ -1,0 +1,71 @@
+"""Entry points for the CLI and the flows: push or write an import file, pull if configured, status.
+
+Each takes a store (or its URL) and returns plain data (a dict) for printing or a Prefect artifact.
+Label Studio is reached when ``PIPSTC_LABEL_STUDIO_URL`` is set (token in
+``PIPSTC_LABEL_STUDIO_TOKEN``); without it, pushing writes a Label Studio import file instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from annotations.review.client import ENV_URL, RetryPolicy, configured, connect
+from annotations.review.export_file import write_import_file
+from annotations.review.pull import pull_reviews
+from annotations.review.push import push_reviews
+from annotations.review.status import review_status
+from annotations.views import LabelView
+
+__all__ = ["pull_if_configured", "push_or_export", "status_report"]
+
+
+def _open(store: Any) -> Any:
+    if isinstance(store, str | os.PathLike):
+        from annotations.store import Store
+
+        return Store.open(store)
+    return store
+
+
+def push_or_export(
+    store: Any,
+    sample_ids: Sequence[str],
+    round: int,  # noqa: A002 - the pipeline's word
+    labels: LabelView | Sequence[str] | None = None,
+    *,
+    out_dir: str | os.PathLike[str] | None = None,
+    title: str | None = None,
+    retry: RetryPolicy | None = None,
+) -> dict[str, Any]:
+    """Push the faces to Label Studio, or write an import file when no server is configured.
+
+    Returns:
+        The push report (``pushed``, ``already_in_review``, ``recovered``, ``failed``, ``pending``,
+        ``refused``, ``project_id``, ``model_version``, ``error``), or the export report
+        (``import_file``, ``tasks``, ``message``, ...).
+    """
+    store = _open(store)
+    if not configured():
+        return write_import_file(store, sample_ids, round, labels, out_dir=out_dir).as_dict()
+    with connect(retry=retry) as client:
+        return push_reviews(store, client, sample_ids, round, labels, title=title).as_dict()
+
+
+def pull_if_configured(store: Any, *, full: bool = False, retry: RetryPolicy | None = None) -> dict[str, Any]:
+    """Pull reviewers' work when a server is configured; otherwise say so."""
+    store = _open(store)
+    if not configured():
+        return {"configured": False, "message": f"{ENV_URL} is not set: nothing to pull"}
+    with connect(retry=retry) as client:
+        return {"configured": True, **pull_reviews(store, client, full=full).as_dict()}
+
+
+def status_report(store: Any) -> dict[str, Any]:
+    """Review counts from the store, plus the server's when one is configured and reachable."""
+    store = _open(store)
+    if not configured():
+        return review_status(store)
+    with connect() as client:
+        return review_status(store, client)

@@ -1,0 +1,276 @@
+"""Push faces to Label Studio as review tasks: idempotent, in chunks, safe against crashes and outages.
+
+Idempotency has two halves, because the store and the server are two databases with no common
+transaction:
+
+1. The store's review events: a face with any review event in this project (pushed, completed,
+   skipped, rejected) is never pushed again.
+2. The server itself: right before each chunk is imported, the project is asked which of the chunk's
+   sample ids it already holds (Data Manager filter ``data.sample_id in_list``). Tasks found there
+   but unknown to the store are what a crash between import and bookkeeping leaves behind; they are
+   recorded as pushed ("recovered") instead of imported twice. The server has no dedupe of its own
+   (LABEL_STUDIO.md 5.7).
+
+The store's writer lock is held from that look-up to the bookkeeping of the chunk, so two pushers
+cannot both find a face missing and both import it.
+
+Outages: look-ups are retried with backoff (:class:`~annotations.review.client.RetryPolicy`); an
+import is never re-sent after it may have reached the server. When the server stays away the push
+stops; faces not pushed are kept in the store setting ``labelstudio.pending_push`` and pushed first by
+the next run, after the same look-up, so nothing is lost and nothing is duplicated.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from annotations.review.client import LabelStudioClient, ReviewUnavailable
+from annotations.review.config import labeling_config
+from annotations.review.project import ImageAccess, ReviewProject, ensure_image_access, ensure_project
+from annotations.review.tasks import ReviewItem, Selection, build_task, collect_items, validate_tasks
+from annotations.views import LabelView
+
+__all__ = ["SETTING_PENDING", "PushReport", "existing_tasks", "push_reviews"]
+
+log = logging.getLogger(__name__)
+
+SETTING_PENDING = "labelstudio.pending_push"
+SETTING_SHOWN_VERSION = "labelstudio.model_version"
+# Sample ids per look-up request: the filter travels in the query string, and 100 ids of 24 hex
+# characters (~3.5 kB encoded) stay under the 8 kB header limit of common reverse proxies.
+LOOKUP_BATCH = 100
+
+
+@dataclass
+class PushReport:
+    """What a push did.
+
+    Attributes:
+        pushed: Faces imported as new tasks now.
+        already_in_review: Faces skipped because the store records a review of them in this project.
+        recovered: Faces found in the project but missing from the store (an earlier push crashed
+            after importing); recorded now, not imported again.
+        failed: Faces whose prediction failed validation (recorded as rejects; not retried).
+        pending: Faces not pushed because Label Studio was unavailable; the next push sends them.
+        refused: Sample id -> why it may not go to review (holdout, human-labeled, no label, ...).
+        project_id: The Label Studio project.
+        model_version: The model version the project now shows.
+        error: The outage that stopped the push, if any.
+    """
+
+    pushed: int = 0
+    already_in_review: int = 0
+    recovered: int = 0
+    failed: int = 0
+    pending: int = 0
+    refused: dict[str, str] = field(default_factory=dict)
+    project_id: int | None = None
+    model_version: str | None = None
+    task_ids: list[int] = field(default_factory=list)
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for logs and CLI output (task ids left out)."""
+        d = asdict(self)
+        d.pop("task_ids")
+        d["refused"] = len(self.refused)
+        return d
+
+
+def existing_tasks(client: LabelStudioClient, project_id: int, sample_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Tasks of the project whose ``data.sample_id`` is one of ``sample_ids``: sample id -> task."""
+    found: dict[str, dict[str, Any]] = {}
+    ids = list(dict.fromkeys(sample_ids))
+    for i in range(0, len(ids), LOOKUP_BATCH):
+        batch = ids[i : i + LOOKUP_BATCH]
+        flt = {"filter": "filter:tasks:data.sample_id", "operator": "in_list", "type": "String", "value": batch}
+        for task in client.iter_tasks(project_id, filters=[flt], include="id,data", page_size=LOOKUP_BATCH):
+            sid = (task.get("data") or {}).get("sample_id")
+            if sid is not None and str(sid) not in found:
+                found[str(sid)] = task
+    return found
+
+
+def _review_rows(items: Sequence[ReviewItem], task_ids: Sequence[int], project_id: int, note: str) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "sample_id": [it.sample_id for it in items],
+            "round": [it.round for it in items],
+            "status": "pushed",
+            "project_id": project_id,
+            "task_id": [int(t) for t in task_ids],
+            "label_id": [it.label_id for it in items],
+            "note": note,
+        }
+    )
+
+
+def _pending_items(store: Any, pending: list[dict[str, Any]], access: ImageAccess, skip: set[str]) -> Selection:
+    """Resolve the pending entries of an earlier push (sample id, round, label id) to items again."""
+    out = Selection()
+    by_round: dict[int, list[dict[str, Any]]] = {}
+    for p in pending:
+        if p.get("sample_id") not in skip:
+            by_round.setdefault(int(p["round"]), []).append(p)
+    for rnd, entries in sorted(by_round.items()):
+        sel = collect_items(store, [e["sample_id"] for e in entries], rnd, [e["label_id"] for e in entries], access)
+        out.items += sel.items
+        out.refused.update(sel.refused)
+    return out
+
+
+def _already_reviewed(store: Any, project_id: int) -> set[str]:
+    reviews = store.reviews(latest=False)
+    if reviews.empty:
+        return set()
+    mine = reviews["project_id"].isna() | (reviews["project_id"] == project_id)
+    return set(reviews.loc[mine, "sample_id"].astype(str))
+
+
+def _reject_failed(store: Any, project: ReviewProject, failed: list[tuple[ReviewItem, list[str]]]) -> None:
+    if not failed:
+        return
+    store.add_rejects(
+        pd.DataFrame(
+            {
+                "stage": "review",
+                "source": f"label studio project {project.id}",
+                "location": [f"label {it.label_id}" for it, _ in failed],
+                "sample_id": [it.sample_id for it, _ in failed],
+                "round": [it.round for it, _ in failed],
+                "reason": ["prediction failed Label Studio validation: " + "; ".join(err)[:500] for _, err in failed],
+            }
+        )
+    )
+
+
+def push_reviews(
+    store: Any,
+    client: LabelStudioClient,
+    sample_ids: Sequence[str],
+    round: int,  # noqa: A002 - the pipeline's word
+    labels: LabelView | Sequence[str] | None = None,
+    *,
+    chunk_size: int = 200,
+    title: str | None = None,
+    access: ImageAccess | None = None,
+) -> PushReport:
+    """Send faces to Label Studio with their pseudo-labels as predictions.
+
+    Args:
+        store: The label store (its scheme gives the labeling config).
+        client: A connected client.
+        sample_ids: Faces to send, e.g. from :func:`annotations.review.selection.select_for_review`.
+        round: The round whose labels are shown.
+        labels: The labels to show: a LabelView, label ids, or None for the round's pseudo-labels.
+        chunk_size: Tasks per import request (200 68-point tasks are ~3.5 MB of JSON, ~2 s of server time).
+        title: Project title when a project must be found or created (default: from the store's folder).
+        access: Image access (default: ``$PIPSTC_LABEL_STUDIO_DOCUMENT_ROOT`` for local images).
+
+    Returns:
+        The counts; ``pending`` > 0 means Label Studio went away and the next push completes the job.
+
+    Raises:
+        ReviewAuthError: the token is refused.
+        ReviewConfigError: local images without a document root, or a project that does not fit.
+        ReviewUnavailable: the server is unreachable before anything could be pushed.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    access = access or ImageAccess.from_env()
+    report = PushReport()
+    selection = collect_items(store, sample_ids, int(round), labels, access)
+    pending_before = list(store.get_setting(SETTING_PENDING) or [])
+    previous = _pending_items(store, pending_before, access, skip={it.sample_id for it in selection.items})
+    report.refused = {**previous.refused, **selection.refused}
+    items = previous.items + selection.items  # the faces an outage held back go first
+    done: set[str] = set()
+    ready: list[tuple[ReviewItem, dict[str, Any]]] = []
+    try:
+        project = ensure_project(store, client, title=title)
+        report.project_id = project.id
+        reviewed = _already_reviewed(store, project.id)
+        todo = [it for it in items if it.sample_id not in reviewed]
+        report.already_in_review = len(items) - len(todo)
+        ready = _validated(store, project, todo, report)
+        ensure_image_access(client, project.id, {it.storage_dir for it, _ in ready if it.storage_dir is not None})
+        for start in range(0, len(ready), chunk_size):
+            chunk = ready[start : start + chunk_size]
+            with store.lock():
+                found = existing_tasks(client, project.id, [it.sample_id for it, _ in chunk])
+                known = [it for it, _ in chunk if it.sample_id in found]
+                if known:
+                    task_ids = [int(found[it.sample_id]["id"]) for it in known]
+                    store.add_reviews(_review_rows(known, task_ids, project.id, "recovered"))
+                    report.recovered += len(known)
+                    done.update(it.sample_id for it in known)
+                new = [(it, t) for it, t in chunk if it.sample_id not in found]
+                if new:
+                    task_ids = client.import_tasks(project.id, [t for _, t in new])
+                    store.add_reviews(_review_rows([it for it, _ in new], task_ids, project.id, "pushed"))
+                    report.pushed += len(new)
+                    report.task_ids += task_ids
+                    done.update(it.sample_id for it, _ in new)
+            _set_pending(store, [it for it, _ in ready[start + chunk_size :]])
+    except ReviewUnavailable as e:
+        report.error = str(e)
+        unsent = (
+            [it for it in items if it.sample_id not in done]
+            if not ready
+            else [it for it, _ in ready if it.sample_id not in done]
+        )
+        report.pending = len(unsent)
+        _set_pending(store, unsent)
+        log.warning("Label Studio unavailable: %d faces pending for the next push (%s)", len(unsent), e)
+    else:
+        if not ready:
+            _set_pending(store, [])
+    if report.project_id is not None:
+        _update_model_version(store, client, report.project_id, [it for it, _ in ready if it.sample_id in done], report)
+    return report
+
+
+def _validated(
+    store: Any, project: ReviewProject, todo: list[ReviewItem], report: PushReport
+) -> list[tuple[ReviewItem, dict[str, Any]]]:
+    """Tasks of ``todo`` whose predictions pass the SDK's validation; the others become rejects."""
+    scheme = store.scheme
+    tasks = [build_task(it, scheme) for it in todo]
+    errors = validate_tasks(tasks, labeling_config(scheme))
+    failed = [(it, err) for it, err in zip(todo, errors, strict=True) if err]
+    _reject_failed(store, project, failed)
+    report.failed = len(failed)
+    return [(it, t) for it, t, err in zip(todo, tasks, errors, strict=True) if not err]
+
+
+def _set_pending(store: Any, items: Sequence[ReviewItem]) -> None:
+    value = [{"sample_id": it.sample_id, "round": it.round, "label_id": it.label_id} for it in items]
+    if (store.get_setting(SETTING_PENDING) or []) != value:
+        store.set_setting(SETTING_PENDING, value)
+
+
+def _update_model_version(
+    store: Any, client: LabelStudioClient, project_id: int, items: Sequence[ReviewItem], report: PushReport
+) -> None:
+    """Show the newest round's predictions: the editor pre-labels only with predictions whose
+    model_version equals the project's (LABEL_STUDIO.md pitfall 13)."""
+    if not items:
+        return
+    newest = max(items, key=lambda it: (it.round, it.model_version))
+    shown = store.get_setting(SETTING_SHOWN_VERSION)  # [round, model_version] the project shows
+    if shown is not None and int(shown[0]) > newest.round:  # an outage's leftovers of an older round
+        report.model_version = str(shown[1])
+        return
+    try:
+        client.update_project(project_id, model_version=newest.model_version)
+        report.model_version = newest.model_version
+        if shown != [newest.round, newest.model_version]:
+            store.set_setting(SETTING_SHOWN_VERSION, [newest.round, newest.model_version])
+    except ReviewUnavailable as e:  # the tasks are in; the next push sets it again
+        log.warning("could not set the project's model version: %s", e)
+        report.error = report.error or str(e)

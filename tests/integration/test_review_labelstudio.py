@@ -1,0 +1,379 @@
+"""Push and pull against a real Label Studio server (annotations/review)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import secrets
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+import annotations.review.pull as pull_module
+from annotations.ids import sample_id
+from annotations.review.client import (
+    ENV_TOKEN,
+    LabelStudioClient,
+    RetryPolicy,
+    ReviewAuthError,
+    ReviewUnavailable,
+    connect,
+)
+from annotations.review.config import labeling_config
+from annotations.review.convert import parse_annotation
+from annotations.review.export_file import write_import_file
+from annotations.review.project import ImageAccess, _config_labels, default_title
+from annotations.review.pull import pull_reviews
+from annotations.review.push import push_reviews
+from annotations.review.server import LabelStudioServer
+from annotations.review.status import review_status
+from annotations.store import Store
+from pipnet_core.schemes import get_scheme
+from tests.integration.conftest import start_test_server
+
+pytestmark = pytest.mark.labelstudio
+
+SCHEME = get_scheme("300w")
+N = SCHEME.num_landmarks
+MODEL = "pipnet-r18-round1"
+
+
+def make_store(tmp_path: Path, images_dir: Path, n: int = 50, seed: int = 0) -> tuple[Store, list[str]]:
+    """A store with ``n`` pool faces (PNG files in ``images_dir``) pseudo-labelled in round 1, plus one
+    holdout face and one human-labeled train face."""
+    rng = np.random.default_rng(seed)
+    images_dir.mkdir(parents=True, exist_ok=True)
+    store = Store.create(tmp_path / "store", SCHEME)
+    rows = []
+    total = n + 2
+    for i in range(total):
+        w, h = 96 + 3 * i, 80 + 2 * i
+        img = rng.integers(0, 255, size=(h, w, 3), dtype=np.uint8)
+        path = images_dir / f"face_{i:03d}.png"
+        cv2.imwrite(str(path), img)
+        box = [4.0, 4.0, w - 4.0, h - 4.0]
+        split = "pool" if i < n else ("holdout" if i == n else "train")
+        rows.append(
+            {"sample_id": sample_id(path.read_bytes(), box), "image_uri": str(path), "width": w, "height": h,
+             "box": box, "split": split, "dataset": "synthetic"}
+        )  # fmt: skip
+    samples = pd.DataFrame(rows)
+    store.add_samples(samples)
+    sizes = samples[["width", "height"]].to_numpy(dtype=np.float64)
+    landmarks = (rng.uniform(0.1, 0.9, size=(total, N, 2)) * sizes[:, None, :]).astype(np.float32)
+    pool = samples["split"] == "pool"
+    store.add_labels(
+        pd.DataFrame(
+            {"sample_id": samples["sample_id"][pool], "source": "pseudo", "round": 1, "model_version": MODEL,
+             "face_confidence": rng.uniform(0.2, 0.9, n).astype(np.float32), "level": "std"}
+        ),
+        landmarks[pool.to_numpy()],
+        landmark_confidence=rng.uniform(0, 1, size=(n, N)).astype(np.float32),
+    )  # fmt: skip
+    human = samples["split"] == "train"
+    store.add_labels(
+        pd.DataFrame({"sample_id": samples["sample_id"][human], "source": "human", "round": 0}),
+        landmarks[human.to_numpy()],
+    )
+    return store, list(samples["sample_id"])
+
+
+def project_tasks(client: LabelStudioClient, project_id: int) -> list[dict[str, Any]]:
+    return list(client.iter_tasks(project_id, fields="all", include="id,data,predictions,result,model_version,score"))
+
+
+@pytest.fixture
+def client(label_studio: LabelStudioServer) -> LabelStudioClient:
+    with connect(label_studio.url, label_studio.token) as c:
+        yield c
+
+
+def _setup(tmp_path: Path, server: LabelStudioServer, n: int = 50) -> tuple[Store, list[str], ImageAccess]:
+    folder = server.document_root / f"faces-{secrets.token_hex(4)}"
+    store, ids = make_store(tmp_path, folder, n=n)
+    return store, ids, ImageAccess(server.document_root)
+
+
+def test_push_50_faces_with_predictions_and_push_again_adds_nothing(
+    tmp_path: Path, label_studio: LabelStudioServer, client: LabelStudioClient
+) -> None:
+    store, ids, access = _setup(tmp_path, label_studio)
+    pool, holdout, human = ids[:50], ids[50], ids[51]
+    report = push_reviews(store, client, ids, round=1, access=access, chunk_size=20, title="push test")
+    assert report.pushed == 50 and report.pending == 0 and report.failed == 0
+    assert set(report.refused) == {holdout, human}
+    assert "holdout" in report.refused[holdout] and "person" in report.refused[human]
+    pid = store.get_setting("labelstudio.project_id")
+    assert pid == report.project_id
+    project = client.project(pid)
+    assert _config_labels(project["label_config"]) == list(SCHEME.landmark_names)  # the server kept our config
+    assert project["model_version"] == MODEL
+
+    tasks = project_tasks(client, pid)
+    assert sorted(t["data"]["sample_id"] for t in tasks) == sorted(pool)
+    pseudo = store.pseudo_labels(1)
+    by_sample = {sid: i for i, sid in enumerate(pseudo.frame["sample_id"])}
+    samples = store.samples().set_index("sample_id")
+    for task in tasks:
+        (pred,) = task["predictions"]
+        i = by_sample[task["data"]["sample_id"]]
+        assert pred["model_version"] == MODEL
+        assert pred["score"] == pytest.approx(float(pseudo.frame["face_confidence"].iat[i]), abs=1e-6)
+        assert task["data"]["label_id"] == pseudo.frame["label_id"].iat[i] and task["data"]["round"] == 1
+        s = samples.loc[task["data"]["sample_id"]]
+        parsed = parse_annotation(pred["result"], SCHEME, int(s["width"]), int(s["height"]))
+        assert parsed.ok
+        np.testing.assert_allclose(parsed.landmarks, pseudo.landmarks[i], atol=1e-4)
+        scores = {it["value"]["keypointlabels"][0]: it["score"] for it in pred["result"]}
+        np.testing.assert_allclose([scores[name] for name in SCHEME.landmark_names], pseudo.landmark_confidence[i],
+                                   atol=1e-6)  # fmt: skip
+
+    # The image behind a task is served to the token's user (local files + storage).
+    task = tasks[0]
+    resp = client._http.get(task["data"]["image"], headers={"Authorization": f"Token {label_studio.token}"})
+    assert resp.status_code == 200
+    assert resp.content == Path(samples.loc[task["data"]["sample_id"], "image_uri"]).read_bytes()
+
+    again = push_reviews(store, client, ids, round=1, access=access, title="push test")
+    assert again.pushed == 0 and again.already_in_review == 50 and again.recovered == 0
+    assert len(project_tasks(client, pid)) == 50
+    status = review_status(store, client)
+    assert status["pushed"] == 50 and status["server_tasks"] == 50 and status["pending"] == 0
+
+
+def test_crash_between_import_and_bookkeeping_is_recovered_without_duplicates(
+    tmp_path: Path, label_studio: LabelStudioServer, client: LabelStudioClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, ids, access = _setup(tmp_path, label_studio, n=12)
+    real_add_reviews = store.add_reviews
+
+    def crash(rows: pd.DataFrame) -> int:
+        raise RuntimeError("process died after the import")
+
+    monkeypatch.setattr(store, "add_reviews", crash)
+    with pytest.raises(RuntimeError, match="died"):
+        push_reviews(store, client, ids[:12], round=1, access=access, title="crash test")
+    monkeypatch.setattr(store, "add_reviews", real_add_reviews)
+    assert store.reviews().empty  # the store never heard of the import
+    report = push_reviews(store, client, ids[:12], round=1, access=access, title="crash test")
+    assert report.recovered == 12 and report.pushed == 0
+    pid = store.get_setting("labelstudio.project_id")
+    tasks = project_tasks(client, pid)
+    assert sorted(t["data"]["sample_id"] for t in tasks) == sorted(ids[:12])  # no duplicates
+    latest = store.reviews().set_index("sample_id")
+    assert set(latest.index) == set(ids[:12]) and (latest["status"] == "pushed").all()
+    assert set(latest["task_id"]) == {t["id"] for t in tasks}
+
+
+def _reviewer_result(pred_result: list[dict[str, Any]], moves: dict[int, tuple[float, float]], W: int, H: int,
+                     origin: bool) -> list[dict[str, Any]]:  # fmt: skip
+    """What a reviewer saves: the prediction with some landmarks dragged to new pixel positions."""
+    out = []
+    for it in copy.deepcopy(pred_result):
+        it.pop("score", None)
+        i = SCHEME.landmark_names.index(it["value"]["keypointlabels"][0])
+        if origin:
+            it["origin"] = "prediction"
+        if i in moves:
+            it["value"]["x"] = 100.0 * moves[i][0] / W
+            it["value"]["y"] = 100.0 * moves[i][1] / H
+            if origin:
+                it["origin"] = "prediction-changed"
+        out.append(it)
+    return out
+
+
+def test_reviewer_work_is_pulled_exactly_once_and_updates_supersede(
+    tmp_path: Path, label_studio: LabelStudioServer, client: LabelStudioClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, ids, access = _setup(tmp_path, label_studio, n=10)
+    push = push_reviews(store, client, ids[:10], round=1, access=access, title="pull test")
+    assert push.pushed == 10
+    pid = push.project_id
+    tasks = {t["data"]["sample_id"]: t for t in project_tasks(client, pid)}
+    samples = store.samples().set_index("sample_id")
+    pseudo = store.pseudo_labels(1)
+    shown = {sid: pseudo.landmarks[i] for i, sid in enumerate(pseudo.frame["sample_id"])}
+    ls = client.sdk()
+    admin = client.whoami()["email"]
+
+    expected: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for k, use_origin in ((0, True), (1, False), (2, True)):
+        sid = ids[k]
+        W, H = int(samples.at[sid, "width"]), int(samples.at[sid, "height"])
+        # Targets on a quarter-pixel grid are exact in float32, so "exactly" can be checked to 1e-6 px.
+        moves = {i: (float(W // 3) + i * 0.25, float(H // 2) - i * 0.5) for i in (k, 30, 45 + k)}
+        result = _reviewer_result(tasks[sid]["predictions"][0]["result"], moves, W, H, origin=use_origin)
+        ls.annotations.create(id=tasks[sid]["id"], result=result, lead_time=4.0)
+        want = shown[sid].astype(np.float64).copy()
+        moved = np.zeros(N, dtype=bool)
+        for i, xy in moves.items():
+            want[i] = xy
+            moved[i] = True
+        expected[sid] = (want, moved)
+    skipped, rejected, broken = ids[3], ids[4], ids[5]
+    ls.annotations.create(id=tasks[skipped]["id"], result=[], was_cancelled=True)
+    no_face = {"from_name": "face_status", "to_name": "image", "type": "choices", "value": {"choices": ["no face"]}}
+    ls.annotations.create(id=tasks[rejected]["id"], result=[no_face])
+    W, H = int(samples.at[broken, "width"]), int(samples.at[broken, "height"])
+    partial = _reviewer_result(tasks[broken]["predictions"][0]["result"], {}, W, H, origin=True)
+    partial = [it for it in partial if it["value"]["keypointlabels"][0] not in ("lm_07", "lm_61")]
+    ann_broken = ls.annotations.create(id=tasks[broken]["id"], result=partial)
+
+    report = pull_reviews(store, client)
+    assert (report.completed, report.skipped, report.rejected, report.invalid) == (3, 1, 1, 1)
+    corrected = store.labels(source="corrected")
+    assert len(corrected) == 3
+    for r, sid in enumerate(corrected.frame["sample_id"]):
+        want, moved = expected[sid]
+        assert np.abs(corrected.landmarks[r].astype(np.float64) - want).max() < 1e-6
+        assert corrected.moved[r].tolist() == moved.tolist()
+        row = corrected.frame.iloc[r]
+        assert row["annotator"] == admin and row["ls_task_id"] == tasks[sid]["id"]
+        assert row["parent_label_id"] == tasks[sid]["data"]["label_id"] and row["round"] == 1
+        assert row["ls_annotation_id"] > 0
+    latest = store.reviews().set_index("sample_id")["status"]
+    assert latest[skipped] == "skipped" and latest[rejected] == "rejected" and latest[ids[0]] == "completed"
+    assert latest[broken] == "pushed"  # still open: the reviewer must fix it
+    rejects = store.rejects()
+    assert any("no face" in r for r in rejects["reason"])
+    bad = rejects[rejects["sample_id"] == broken].iloc[0]
+    assert f"task {tasks[broken]['id']}" in bad["location"] and "lm_07" in bad["reason"] and "lm_61" in bad["reason"]
+    assert broken not in set(corrected.frame["sample_id"])  # kept out of training
+    st = review_status(store, client)
+    assert (st["completed"], st["skipped"], st["rejected"], st["pushed"]) == (3, 1, 1, 5)
+
+    n_rejects = len(rejects)
+    again = pull_reviews(store, client)
+    assert (again.completed, again.skipped, again.rejected) == (0, 0, 0)
+    assert len(store.labels(source="corrected")) == 3 and len(store.rejects()) == n_rejects
+
+    # Incremental: without the safety overlap only the task changed since the last pull comes back, plus
+    # the task stamped exactly at the watermark (the filter is inclusive).
+    monkeypatch.setattr(pull_module, "OVERLAP_S", 0.0)
+    sid = ids[1]
+    W, H = int(samples.at[sid, "width"]), int(samples.at[sid, "height"])
+    first = client.request("GET", f"/api/tasks/{tasks[sid]['id']}/annotations")[0]
+    newer = copy.deepcopy(first["result"])
+    for it in newer:
+        if it["value"]["keypointlabels"][0] == "lm_10":
+            it["value"]["x"], it["value"]["y"] = 100.0 * 12.5 / W, 100.0 * 20.25 / H
+    ls.annotations.update(id=first["id"], result=newer)
+    update = pull_reviews(store, client)
+    assert update.tasks_seen == 2 and update.completed == 1 and update.updated == 1
+    current = store.current_labels()
+    row = int(np.flatnonzero(current.frame["sample_id"].to_numpy() == sid)[0])
+    assert current.frame["source"].iat[row] == "corrected"
+    np.testing.assert_allclose(current.landmarks[row][10], [12.5, 20.25], atol=1e-6)
+    assert (current.landmarks[row][30] == expected[sid][0][30]).all()
+    assert len(store.labels(source="corrected")) == 4  # the old version stays, superseded
+    assert pull_reviews(store, client).completed == 0
+
+    # The reviewer fixes the broken one: it comes in as a correction.
+    ls.annotations.update(id=ann_broken.id, result=_reviewer_result(tasks[broken]["predictions"][0]["result"], {},
+                                                                    W, H, origin=True))  # fmt: skip
+    assert pull_reviews(store, client).completed == 1
+
+
+def test_wrong_token_is_a_clear_error_without_the_token(
+    label_studio: LabelStudioServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wrong = secrets.token_hex(20)
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(ReviewAuthError) as err:
+        connect(label_studio.url, wrong)
+    text = str(err.value)
+    assert ENV_TOKEN in text and "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN" in text and "401" in text
+    assert wrong not in text and wrong not in caplog.text and wrong not in repr(err.value)
+    # From the environment, and a token that looks like a personal access token (a JWT).
+    fake_jwt = "eyJhbGciOiJIUzI1NiJ9.eyJ0b2tlbl90eXBlIjoicmVmcmVzaCIsImV4cCI6OTk5OTk5OTk5OX0.c2lnbmF0dXJl"
+    monkeypatch.setenv("PIPSTC_LABEL_STUDIO_URL", label_studio.url)
+    monkeypatch.setenv(ENV_TOKEN, fake_jwt)
+    with pytest.raises(ReviewAuthError) as err2:
+        connect()
+    assert ENV_TOKEN in str(err2.value) and fake_jwt not in str(err2.value) and fake_jwt not in caplog.text
+
+
+def test_import_file_without_a_server_then_found_by_push(
+    tmp_path: Path, label_studio: LabelStudioServer, client: LabelStudioClient
+) -> None:
+    store, ids, access = _setup(tmp_path, label_studio, n=6)
+    out = write_import_file(store, ids, 1, out_dir=tmp_path / "export", document_root=label_studio.document_root)
+    assert out.tasks == 6 and len(out.refused) == 2
+    assert "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT" in out.message and str(out.path) in out.message
+    tasks = json.loads(out.path.read_text())
+    assert all(t["data"]["image"].startswith("/data/local-files/?d=faces-") for t in tasks)
+    # The user imports it by hand into a project of the default title ...
+    project = client.create_project(default_title(store), (out.path.parent / "labeling_config.xml").read_text())
+    assert client.import_tasks(project["id"], tasks)
+    # ... then a push finds those tasks instead of importing them twice.
+    report = push_reviews(store, client, ids, round=1, access=access)
+    assert report.project_id == project["id"] and report.recovered == 6 and report.pushed == 0
+    assert len(project_tasks(client, project["id"])) == 6
+    assert labeling_config(SCHEME) == (out.path.parent / "labeling_config.xml").read_text()
+
+
+def test_server_killed_mid_push_recovers_without_duplicates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = start_test_server(tmp_path / "ls-kill")  # its own server: this test kills it
+    try:
+        store, ids = make_store(tmp_path, server.document_root / "faces", n=50)
+        access = ImageAccess(server.document_root)
+        fast = RetryPolicy(attempts=3, initial_delay_s=0.1, max_delay_s=0.5, timeout_s=20)
+        client = connect(server.url, server.token, retry=fast)
+        real_import = client.import_tasks
+        calls = []
+
+        def import_then_die(project_id: int, tasks: list[dict[str, Any]]) -> list[int]:
+            calls.append(len(tasks))
+            if len(calls) == 2:
+                server.kill()  # kill -9 before the second chunk reaches it
+            return real_import(project_id, tasks)
+
+        monkeypatch.setattr(client, "import_tasks", import_then_die)
+        report = push_reviews(store, client, ids, round=1, access=access, chunk_size=10)
+        assert report.pushed == 10 and report.pending == 40 and report.error
+        assert "did not answer" in report.error
+        assert store.get_setting("labelstudio.pending_push")
+        with pytest.raises(ReviewUnavailable):
+            pull_reviews(store, client)
+        client.close()
+
+        server.restart()
+        with connect(server.url, server.token, retry=fast) as again:
+            # The next run is asked for nothing new: the pending faces go first.
+            report2 = push_reviews(store, again, [], round=1, access=access, chunk_size=10)
+            assert report2.pushed == 40 and report2.pending == 0 and report2.recovered == 0
+            tasks = project_tasks(again, report2.project_id)
+        sids = [t["data"]["sample_id"] for t in tasks]
+        assert len(sids) == 50 and sorted(sids) == sorted(ids[:50])
+        assert store.get_setting("labelstudio.pending_push") == []
+        assert len(store.in_review()) == 50
+    finally:
+        server.stop()
+
+
+def test_cli_helpers_push_pull_and_status_from_the_environment(
+    tmp_path: Path, label_studio: LabelStudioServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from annotations.review.cli_helpers import pull_if_configured, push_or_export, status_report
+
+    store, ids, _ = _setup(tmp_path, label_studio, n=4)
+    monkeypatch.delenv("PIPSTC_LABEL_STUDIO_URL", raising=False)
+    offline = push_or_export(str(store.url), ids, 1, out_dir=tmp_path / "offline")
+    assert offline["tasks"] == 4 and Path(offline["import_file"]).is_file()
+    assert pull_if_configured(store)["configured"] is False
+    monkeypatch.setenv("PIPSTC_LABEL_STUDIO_URL", label_studio.url)
+    monkeypatch.setenv(ENV_TOKEN, label_studio.token)
+    monkeypatch.setenv("PIPSTC_LABEL_STUDIO_DOCUMENT_ROOT", str(label_studio.document_root))
+    pushed = push_or_export(str(store.url), ids, 1, title="cli helpers")
+    assert pushed["pushed"] == 4 and pushed["refused"] == 2 and pushed["pending"] == 0
+    pulled = pull_if_configured(str(store.url))
+    assert pulled["configured"] is True and pulled["completed"] == 0 and pulled["tasks_seen"] == 4
+    st = status_report(str(store.url))
+    assert st["pushed"] == 4 and st["server_tasks"] == 4 and st["project_id"] == pushed["project_id"]
+    assert label_studio.token not in json.dumps([offline, pushed, pulled, st], default=str)
