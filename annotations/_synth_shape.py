@@ -1,9 +1,9 @@
 """Parametric 3D layout of the 68 landmarks (300W order) for the synthetic faces: shape, pose, projection.
 
 Private to :mod:`annotations.synthetic`. The frontal x/y layout is the official 300W mean face of
-PIPNet (``get_scheme("300w").meanface_array``), made left-right symmetric; depths follow the
-proportions of a mean human face (Basel Face Model mean shape; Paysan et al., AVSS 2009): nose tip
-about a quarter face width in front of the eye corners, jaw angles about 0.4 behind. Units are face
+PIPNet (``get_scheme("300w").meanface_array``), made left-right symmetric; depths are hand-set to
+typical adult proportions, not fitted to a 3D face model: nose tip about a quarter face width in
+front of the eye corners, jaw angles about 0.4 behind. Units are face
 widths (jaw 0 to jaw 16 of the frontal template); x right, y down, z towards the camera. Curves
 through landmarks are Catmull-Rom splines (Catmull & Rom 1974), which pass through every control
 point, so a drawn contour contains its landmarks.

@@ -1,0 +1,202 @@
+"""A plain CSV of labeled faces, one face per row.
+
+Header (N = the scheme's landmark count)::
+
+    image,box_x0,box_y0,box_x1,box_y1,x0,y0,x1,y1,...,x{N-1},y{N-1}
+
+optionally followed by ``split``, ``dataset`` and ``annotator``. ``image`` is a path, relative to
+``image_root`` (default: the CSV's folder) unless absolute. The four box cells may all be empty: the
+box is then the tight box of the landmarks. An empty landmark cell is a missing landmark (NaN),
+rejected unless ``allow_missing``. Numbers are written with Python's shortest round-trip repr, so a
+write followed by a read gives the same float32 values.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from annotations.formats.common import (
+    FormatError,
+    ImportBuilder,
+    ImportResult,
+    RowError,
+    check_export,
+    format_float,
+    parse_float,
+    relative_name,
+    resolve_image,
+)
+from annotations.schema import SPLITS
+from pipnet_core.schemes import Scheme
+
+__all__ = ["csv_header", "read_csv", "write_csv"]
+
+_BOX = ("box_x0", "box_y0", "box_x1", "box_y1")
+_OPTIONAL = ("split", "dataset", "annotator")
+
+
+def csv_header(num_landmarks: int) -> list[str]:
+    """The required columns for N landmarks."""
+    cols = ["image", *_BOX]
+    for i in range(num_landmarks):
+        cols += [f"x{i}", f"y{i}"]
+    return cols
+
+
+def _check_header(header: list[str], n: int, path: Path) -> None:
+    required = csv_header(n)
+    fix = f"the header must be {','.join(required[:7])},...,x{n - 1},y{n - 1} (then optionally {','.join(_OPTIONAL)})"
+    names = [h.strip() for h in header]
+    if not names or names[0] != "image":
+        raise FormatError(f"{path}: wrong header (first column {names[0] if names else ''!r}, expected 'image'); {fix}")
+    landmark_cols = [h for h in names if len(h) > 1 and h[0] in "xy" and h[1:].isdigit()]
+    if len(landmark_cols) != 2 * n:
+        raise FormatError(
+            f"{path}: the header has {len(landmark_cols) // 2} landmark column pairs but scheme has {n}; "
+            f"import with the scheme the file was written for, or {fix}"
+        )
+    missing = [c for c in required if c not in names]
+    unknown = [c for c in names if c not in required and c not in _OPTIONAL]
+    if missing or unknown:
+        what = "; ".join(
+            part
+            for part in (
+                f"missing column(s) {missing[:6]}" if missing else "",
+                f"unknown column(s) {unknown[:6]}" if unknown else "",
+            )
+            if part
+        )
+        raise FormatError(f"{path}: wrong header ({what}); {fix}")
+    if len(set(names)) != len(names):
+        raise FormatError(f"{path}: wrong header (repeated column names); {fix}")
+
+
+def _cell_float(cell: str, what: str) -> float:
+    text = cell.strip()
+    return float("nan") if text == "" else parse_float(text, what)
+
+
+def read_csv(
+    path: str | Path,
+    scheme: Scheme,
+    image_root: str | Path | None = None,
+    dataset: str | None = None,
+    allow_missing: bool = False,
+) -> ImportResult:
+    """Import a landmark CSV (see the module docstring for the columns).
+
+    Raises:
+        FormatError: the file is missing, empty, or its header is not the one for ``scheme``.
+    """
+    p = Path(path)
+    root = Path(image_root) if image_root is not None else p.parent
+    n = scheme.num_landmarks
+    try:
+        handle = p.open(newline="", encoding="utf-8-sig")  # utf-8-sig: spreadsheets add a BOM
+    except OSError as e:
+        raise FormatError(f"{p}: cannot read the CSV ({e.strerror or e})") from None
+    builder = ImportBuilder(source=str(p), scheme=scheme, dataset=dataset or p.stem, allow_missing=allow_missing)
+    with handle:
+        reader = csv.reader(handle)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise FormatError(f"{p}: empty file; expected a header line {','.join(csv_header(n)[:7])},...") from None
+        except csv.Error as e:
+            raise FormatError(f"{p}: not a CSV file ({e})") from None
+        _check_header(header, n, p)
+        col = {h.strip(): i for i, h in enumerate(header)}
+        xi = np.array([col[f"x{i}"] for i in range(n)])
+        yi = np.array([col[f"y{i}"] for i in range(n)])
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:
+                builder.reject(f"line {reader.line_num}", f"malformed CSV row ({e})")
+                continue
+            where = f"line {reader.line_num}"
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) != len(header):
+                builder.reject(where, f"{len(row)} cells but the header has {len(header)} columns")
+                continue
+            try:
+                landmarks = np.array(
+                    [
+                        [_cell_float(row[a], f"field x{i}"), _cell_float(row[b], f"field y{i}")]
+                        for i, (a, b) in enumerate(zip(xi, yi, strict=True))
+                    ]
+                )
+                box_cells = [row[col[c]].strip() for c in _BOX]
+                if all(c == "" for c in box_cells):
+                    box = None
+                elif any(c == "" for c in box_cells):
+                    raise RowError(f"box cells {box_cells} are partly empty; give all four or none")
+                else:
+                    box = [parse_float(c, f"field {name}") for c, name in zip(box_cells, _BOX, strict=True)]
+                split = (row[col["split"]].strip() or None) if "split" in col else None
+                if split is not None and split not in SPLITS:
+                    raise RowError(f"field split: {split!r} is not one of {', '.join(SPLITS)}")
+            except RowError as e:
+                builder.reject(where, str(e))
+                continue
+            image_name = row[col["image"]].strip()
+            if not image_name:
+                builder.reject(where, "field image is empty")
+                continue
+            annotator = (row[col["annotator"]].strip() or None) if "annotator" in col else None
+            row_dataset = (row[col["dataset"]].strip() or None) if "dataset" in col else None
+            builder.add(
+                where,
+                resolve_image(image_name, root),
+                landmarks,
+                box=box,
+                annotator=annotator,
+                split=split,
+                dataset=row_dataset,
+            )
+    return builder.result()
+
+
+def write_csv(
+    path: str | Path,
+    samples: pd.DataFrame,
+    landmarks: np.ndarray,
+    scheme: Scheme,
+    image_root: str | Path | None = None,
+) -> Path:
+    """Write labels as a landmark CSV (round-trip exact).
+
+    Args:
+        path: Output ``.csv``.
+        samples: Rows with ``image_uri`` and ``box`` (and ``split``/``dataset`` if present), aligned
+            with ``landmarks``.
+        landmarks: (R, N, 2) image pixels; NaN becomes an empty cell.
+        scheme: Checked against N.
+        image_root: Image paths are written relative to it (default: the CSV's folder) when under it.
+    """
+    lms = np.asarray(landmarks, dtype=np.float32)
+    check_export(samples, lms, scheme, ["image_uri", "box"])
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    root = image_root if image_root is not None else p.parent
+    extra = [c for c in ("split", "dataset") if c in samples.columns]
+    with p.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(csv_header(scheme.num_landmarks) + extra)
+        for row, pts in zip(samples.to_dict("records"), lms, strict=True):
+            cells = [relative_name(str(row["image_uri"]), root)]
+            cells += [format_float(v) for v in np.asarray(row["box"], dtype=np.float32)]
+            cells += ["" if np.isnan(v) else format_float(v) for v in pts.reshape(-1)]
+            cells += [
+                "" if row.get(c) is None or (isinstance(row.get(c), float) and np.isnan(row[c])) else str(row[c])
+                for c in extra
+            ]
+            writer.writerow(cells)
+    return p

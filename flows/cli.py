@@ -1,0 +1,281 @@
+"""The ``pipstc`` command line: the whole pipeline from one laptop, no Prefect set-up needed.
+
+Without PREFECT_API_URL the flows run on Prefect's temporary local server; point PREFECT_API_URL at
+a team server to see runs there. Label Studio is reached through PIPSTC_LABEL_STUDIO_URL and
+PIPSTC_LABEL_STUDIO_TOKEN (the token only ever from the environment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+EPILOG = """\
+typical session:
+  pipstc init ./store --scheme 300w                   new store for 68-point faces
+  pipstc import ./store ./faces --format pts          human labels (images with .pts beside them)
+  pipstc import ./store ./holdout --format pts --split holdout
+  pipstc pool add ./store ./unlabeled_images          faces nobody labeled, found by the embedded detector
+  pipstc run ./store --rounds 5 --schedule paper      round 0 + five STC rounds
+  pipstc review pull ./store                          bring reviewers' corrections in
+  pipstc report ./store                               print the latest round report
+  pipstc demo                                         everything above on synthetic faces
+"""
+
+
+def _env_defaults() -> None:
+    # A slow first start on 2 busy cores exceeds Prefect's 20 s default (shared/reference/PREFECT.md)
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+
+
+def _config(args: argparse.Namespace) -> dict[str, Any] | None:
+    from flows.config import STCConfig
+
+    base = STCConfig.demo() if getattr(args, "small", False) else STCConfig()
+    overrides: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        overrides |= json.loads(Path(args.config).read_text())
+    for key in ("epochs", "schedule", "dask_address", "review_budget"):
+        val = getattr(args, key, None)
+        if val is not None:
+            overrides[key] = val
+    return base.replace(**overrides).to_dict() if overrides or getattr(args, "small", False) else None
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from annotations.store import Store
+    from pipnet_core.schemes import get_scheme
+
+    store = Store.create(args.store, get_scheme(args.scheme), holdout_fraction=args.holdout_fraction)
+    print(f"created store {store.url} for scheme {store.scheme.name} ({store.scheme.num_landmarks} landmarks)")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from flows.ingest_steps import ingest_source
+
+    report = ingest_source(args.store, args.source, args.format, split=args.split, dataset=args.dataset)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_pool_add(args: argparse.Namespace) -> int:
+    from flows.ingest_steps import ingest_source
+
+    report = ingest_source(
+        args.store, args.folder, "pool", dataset=args.dataset, detector=args.detector, boxes_file=args.boxes
+    )
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_round(args: argparse.Namespace) -> int:
+    from flows.stc import stc_round
+
+    result = stc_round(args.store, args.round, _config(args))
+    print(json.dumps(result["metrics"], indent=2))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.stc import stc
+
+    stc(args.store, rounds=args.rounds, schedule=args.schedule or "paper", config=_config(args), start_round=args.start)
+    return cmd_report(argparse.Namespace(store=args.store, round=None))
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from flows import review_steps
+
+    if args.action == "push":
+        from flows.config import STCConfig
+
+        cfg = STCConfig().replace(review_budget=args.budget) if args.budget else STCConfig()
+        out = review_steps.push_round(args.store, args.round, cfg)
+    elif args.action == "pull":
+        out = review_steps.pull_corrections(args.store)
+    else:
+        out = review_steps.review_status(args.store)
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+def cmd_labelstudio_config(args: argparse.Namespace) -> int:
+    from annotations.review.config import labeling_config
+    from pipnet_core.schemes import get_scheme
+
+    print(labeling_config(get_scheme(args.scheme)))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from flows.predict_steps import predict_images
+
+    out = predict_images(args.checkpoint, args.images, args.output, boxes_file=args.boxes, overlay_dir=args.overlay)
+    print(f"wrote landmarks of {out['faces']} faces to {args.output} ({out['failed']} images failed)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from flows.ingest_steps import export_labels
+
+    n = export_labels(args.store, args.output, args.format, split=args.split)
+    print(f"exported {n} faces to {args.output}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from annotations.store import Store
+
+    store = Store.open(args.store)
+    rounds = [k for k in store.rounds() if store.read_round_json(k, "metrics.json", default=None)]
+    if not rounds:
+        print(f"{store.url}: no evaluated round yet; run `pipstc round {args.store} 0`", file=sys.stderr)
+        return 1
+    k = rounds[-1] if args.round is None else args.round
+    try:
+        text = store.read_round_file(k, "report.md").decode()
+    except FileNotFoundError:
+        from flows.report import write_report
+
+        text = write_report(store.url, k)
+    print(text)
+    print(f"\n(report files: {store.round_path(k)})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from flows.demo import run_demo
+
+    return run_demo(args.store, rounds=args.rounds, schedule=args.schedule, fresh=args.fresh, quick=args.quick)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.serve import serve_store
+
+    serve_store(args.store, cron=args.cron, sync_every=args.sync_every)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pipstc",
+        description="Semi-supervised facial landmark labeling: PIPNet + self-training with curriculum, "
+        "a Parquet label store, review in Label Studio, orchestrated by Prefect.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("init", help="create a new store for a landmark scheme")
+    s.add_argument("store", help="folder or filesystem URL of the new store")
+    s.add_argument("--scheme", default="300w", help="300w, wflw, cofw, aflw or a scheme .json/.yaml file")
+    s.add_argument("--holdout-fraction", type=float, default=0.1, help="share of labeled faces kept for evaluation")
+    s.set_defaults(fn=cmd_init)
+
+    s = sub.add_parser("import", help="import human-labeled faces (pts, wflw, coco, csv, labelstudio)")
+    s.add_argument("store")
+    s.add_argument("source", help="folder (pts) or file (wflw/coco/csv/labelstudio export)")
+    s.add_argument("--format", required=True, choices=["pts", "wflw", "coco", "csv", "labelstudio"])
+    s.add_argument("--split", choices=["train", "holdout"], help="force a split (default: by a stable hash)")
+    s.add_argument("--dataset", help="dataset name recorded with each sample")
+    s.set_defaults(fn=cmd_import)
+
+    s = sub.add_parser("pool", help="manage the unlabeled pool")
+    pool_sub = s.add_subparsers(dest="action", required=True)
+    a = pool_sub.add_parser("add", help="add every face found in an image folder (recursive)")
+    a.add_argument("store")
+    a.add_argument("folder")
+    a.add_argument("--detector", default="yuface", choices=["yuface", "haar"], help="embedded face detector")
+    a.add_argument("--boxes", help="CSV/JSON of face boxes to use instead of the detector")
+    a.add_argument("--dataset")
+    a.set_defaults(fn=cmd_pool_add)
+
+    for name, fn, helptext in (
+        ("round", cmd_round, "run (or resume) one STC round"),
+        ("run", cmd_run, "run round 0 and the STC rounds of a schedule"),
+    ):
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("store")
+        if name == "round":
+            s.add_argument("round", type=int)
+        else:
+            s.add_argument("--rounds", type=int, default=5, help="self-training rounds after round 0")
+            s.add_argument("--start", type=int, default=0, help="first round to run (earlier ones are kept)")
+        s.add_argument("--schedule", choices=["paper", "confidence", "plain"])
+        s.add_argument("--epochs", type=int)
+        s.add_argument("--review-budget", type=float, help="share of the pool sent to review per round")
+        s.add_argument("--dask-address", help="label the pool on an existing Dask scheduler")
+        s.add_argument("--config", help="JSON file of STC config overrides")
+        s.add_argument("--small", action="store_true", help="the demo's small model (minutes, not hours)")
+        s.set_defaults(fn=fn)
+
+    s = sub.add_parser("review", help="faces for people: push to / pull from Label Studio, status")
+    s.add_argument("action", choices=["push", "pull", "status"])
+    s.add_argument("store")
+    s.add_argument("--round", type=int, default=None, help="push: the round whose pseudo-labels to send")
+    s.add_argument("--budget", type=float, help="push: share of the pool to send")
+    s.set_defaults(fn=cmd_review)
+
+    s = sub.add_parser("labelstudio", help="Label Studio helpers")
+    ls_sub = s.add_subparsers(dest="action", required=True)
+    c = ls_sub.add_parser("config", help="print the labeling config XML of a scheme")
+    c.add_argument("--scheme", default="300w")
+    c.set_defaults(fn=cmd_labelstudio_config)
+
+    s = sub.add_parser("predict", help="landmarks for images with a trained checkpoint")
+    s.add_argument("checkpoint", help="a round's model.pt")
+    s.add_argument("images", help="image file or folder")
+    s.add_argument("--output", required=True, help=".csv, .json or .parquet")
+    s.add_argument("--boxes", help="CSV/JSON of face boxes (default: the embedded detector)")
+    s.add_argument("--overlay", help="folder for images with the landmarks drawn")
+    s.set_defaults(fn=cmd_predict)
+
+    s = sub.add_parser("export", help="export the current labels (pts folder, coco or csv)")
+    s.add_argument("store")
+    s.add_argument("output")
+    s.add_argument("--format", required=True, choices=["pts", "coco", "csv"])
+    s.add_argument("--split", choices=["train", "holdout", "pool"])
+    s.set_defaults(fn=cmd_export)
+
+    s = sub.add_parser("report", help="print a round's report (default: the latest)")
+    s.add_argument("store")
+    s.add_argument("--round", type=int)
+    s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("demo", help="synthetic faces, round 0 + STC rounds, review step, report")
+    s.add_argument("--store", default="demo-store", help="where the demo store and images go")
+    s.add_argument("--rounds", type=int, default=2)
+    s.add_argument("--schedule", default="confidence", choices=["paper", "confidence", "plain"])
+    s.add_argument("--fresh", action="store_true", help="delete an existing demo store first")
+    s.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test, about a minute)")
+    s.set_defaults(fn=cmd_demo)
+
+    s = sub.add_parser("serve", help="one-box scheduling: STC rounds on a cron and review sync, via flow.serve")
+    s.add_argument("store")
+    s.add_argument("--cron", default="0 2 * * *", help="when to run a round (UTC)")
+    s.add_argument("--sync-every", type=int, default=300, help="seconds between review syncs")
+    s.set_defaults(fn=cmd_serve)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    _env_defaults()
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,151 @@
+"""The round report: metrics per round, CED curve, confidence vs error, the worst holdout faces.
+
+Written into the store's round folder (``report.md`` + PNGs) and returned as markdown for the
+Prefect artifact. Matplotlib with the Agg backend: no display needed.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import cv2
+import numpy as np
+
+from annotations.store import Store
+from pipnet_core.metrics import ced
+
+__all__ = ["metrics_rows", "write_report"]
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def metrics_rows(store: Store) -> list[dict[str, Any]]:
+    """One row per evaluated round: the table of the report and of the Prefect artifact."""
+    rows = []
+    for k in store.rounds():
+        m = store.read_round_json(k, "metrics.json", default=None)
+        if not m:
+            continue
+        steps = store.completed_steps(k)
+        pseudo = (steps.get("label_pool") or {}).get("levels", {})
+        review = steps.get("review") or {}
+        sync = steps.get("sync_reviews") or {}
+        rows.append(
+            {
+                "round": k,
+                "holdout NME": round(m["nme"], 4),
+                "FR@0.1": round(m["fr@0.1"], 4),
+                "AUC@0.1": round(m["auc@0.1"], 4),
+                "confidence Spearman": None
+                if m.get("confidence_spearman") is None
+                else round(m["confidence_spearman"], 3),
+                "pseudo-labels": ", ".join(f"{lv}: {n}" for lv, n in sorted(pseudo.items())) or "-",
+                "sent to review": review.get("pushed") or review.get("written", 0),
+                "corrections pulled": sync.get("corrected", 0),
+            }
+        )
+    return rows
+
+
+def _markdown_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "_no evaluated round yet_\n"
+    cols = list(rows[0])
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join("" if r[c] is None else str(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def _draw_face(image_uri: str, pred: np.ndarray, gt: np.ndarray, size: int = 160) -> np.ndarray:
+    img = cv2.imread(image_uri, cv2.IMREAD_COLOR)
+    if img is None:
+        return np.zeros((size, size, 3), np.uint8)
+    both = np.concatenate([pred, gt])
+    x0, y0 = np.nanmin(both, axis=0)
+    x1, y1 = np.nanmax(both, axis=0)
+    pad = 0.25 * max(x1 - x0, y1 - y0, 1.0)
+    x0, y0, x1, y1 = x0 - pad, y0 - pad, x1 + pad, y1 + pad
+    scale = size / max(x1 - x0, y1 - y0)
+    m = np.array([[scale, 0, -x0 * scale], [0, scale, -y0 * scale]], dtype=np.float64)
+    face = cv2.warpAffine(img, m, (size, size), borderValue=(0, 0, 0))
+    for pts, colour in ((gt, (0, 200, 0)), (pred, (0, 0, 255))):
+        for x, y in pts:
+            if np.isfinite(x) and np.isfinite(y):
+                cv2.circle(face, (int(round((x - x0) * scale)), int(round((y - y0) * scale))), 1, colour, -1)
+    return face
+
+
+def write_report(store_url: str, k: int, worst: int = 12) -> str:
+    """Write rounds/round=k/report.md with its plots; returns the markdown."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    store = Store.open(store_url)
+    rows = metrics_rows(store)
+    md = [f"# pipstc report — round {k}\n", f"Store: `{store.url}` · scheme `{store.scheme.name}`\n"]
+    md.append("## Holdout metrics per round\n")
+    md.append(_markdown_table(rows))
+    m = store.read_round_json(k, "metrics.json", default=None)
+    if m:
+        md.append(f"\nNME per region (round {k}): ")
+        md.append(", ".join(f"{r} {v:.4f}" for r, v in m["nme_by_region"].items()) + "\n")
+    preds = None
+    try:
+        preds = np.load(io.BytesIO(store.read_round_file(k, "holdout_predictions.npz")))
+    except (FileNotFoundError, OSError, KeyError):
+        preds = None
+    if preds is not None:
+        per_face, predicted = preds["per_face"], preds["predicted_nme"]
+        fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+        for kk in store.rounds():
+            try:
+                p = np.load(io.BytesIO(store.read_round_file(kk, "holdout_predictions.npz")))
+            except (FileNotFoundError, OSError):
+                continue
+            xs, ys = ced(p["per_face"])
+            ax[0].plot(xs, ys, label=f"round {kk}")
+        ax[0].set(title="CED on the holdout", xlabel="NME", ylabel="fraction of faces", xlim=(0, 0.1), ylim=(0, 1))
+        ax[0].legend()
+        ks = [r["round"] for r in rows]
+        ax[1].plot(ks, [r["holdout NME"] for r in rows], marker="o")
+        ax[1].set(title="holdout NME per round", xlabel="round", ylabel="NME")
+        ax[2].scatter(predicted, per_face, s=6)
+        lim = float(max(np.max(per_face), np.max(predicted), 1e-3))
+        ax[2].plot([0, lim], [0, lim], "k--", lw=0.8)
+        ax[2].set(title="confidence: predicted vs real NME", xlabel="predicted NME", ylabel="real NME")
+        store.write_round_file(k, "report_curves.png", _png(fig))
+        plt.close(fig)
+        md.append("\n![curves](report_curves.png)\n")
+        order = np.argsort(-per_face)[:worst]
+        samples = store.samples().set_index("sample_id")
+        tiles = [
+            _draw_face(
+                str(samples.loc[str(preds["sample_ids"][i]), "image_uri"]), preds["landmarks"][i], preds["gt"][i]
+            )
+            for i in order
+        ]
+        if tiles:
+            cols = 6
+            while len(tiles) % cols:
+                tiles.append(np.zeros_like(tiles[0]))
+            grid = np.concatenate([np.concatenate(tiles[r : r + cols], axis=1) for r in range(0, len(tiles), cols)])
+            ok, png = cv2.imencode(".png", grid)
+            if ok:
+                store.write_round_file(k, "worst_faces.png", png.tobytes())
+                md.append("\n## Worst holdout faces (red: model, green: truth)\n\n![worst](worst_faces.png)\n")
+                md.append("NME of these faces: " + ", ".join(f"{per_face[i]:.3f}" for i in order) + "\n")
+    rejects = store.rejects()
+    md.append(f"\n## Rejects\n{len(rejects)} inputs could not be used")
+    if len(rejects):
+        md.append(": " + ", ".join(f"{s}: {n}" for s, n in rejects["stage"].value_counts().items()))
+    md.append("\n")
+    text = "\n".join(md)
+    store.write_round_file(k, "report.md", text.encode())
+    return text
