@@ -64,7 +64,8 @@ def sync_reviews_task(store_url: str, k: int) -> dict[str, Any]:
 @task(name="train")
 def train_task(store_url: str, k: int, cfg_json: str) -> str:
     cfg = STCConfig.from_dict(json.loads(cfg_json))
-    return str(_run_step(store_url, k, "train", lambda: {"checkpoint": steps.train_round(store_url, k, cfg)}))
+    done = _run_step(store_url, k, "train", lambda: {"checkpoint": steps.train_round(store_url, k, cfg)})
+    return str(done["checkpoint"])
 
 
 @task(name="evaluate")

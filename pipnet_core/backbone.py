@@ -194,6 +194,21 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
 
 
+def state_dict_mismatch(
+    module: nn.Module, state: dict[str, torch.Tensor]
+) -> tuple[list[str], list[str], list[str]]:
+    """Keys the file lacks, keys the network lacks, and shape mismatches (``num_batches_tracked`` optional)."""
+    own = module.state_dict()
+    missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs net {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if state[k].shape != own[k].shape
+    ]
+    return missing, unexpected, shapes
+
+
 def load_imagenet_weights(backbone: ResNet, path: str | Path) -> ResNet:
     """Load a torchvision-format ImageNet state dict file into ``backbone`` (strictly).
 
@@ -209,15 +224,7 @@ def load_imagenet_weights(backbone: ResNet, path: str | Path) -> ResNet:
     if not path.is_file():
         raise FileNotFoundError(f"ImageNet weights file {path} does not exist; give a torchvision-format .pth file")
     state = read_state_dict(path)
-    own = backbone.state_dict()
-    optional = {k for k in own if k.endswith("num_batches_tracked")}
-    missing = sorted(set(own) - set(state) - optional)
-    unexpected = sorted(set(state) - set(own))
-    shapes = [
-        f"{k}: file {tuple(state[k].shape)} vs net {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state))
-        if state[k].shape != own[k].shape
-    ]
+    missing, unexpected, shapes = state_dict_mismatch(backbone, state)
     if missing or unexpected or shapes:
         raise WeightsError(
             f"{path} does not fit this backbone ({len(missing)} missing, {len(unexpected)} unexpected keys, "
@@ -225,6 +232,6 @@ def load_imagenet_weights(backbone: ResNet, path: str | Path) -> ResNet:
             f"shapes: {shapes[:5]}. Give the torchvision ImageNet file of the same ResNet depth at base_width 64."
         )
     # num_batches_tracked is absent from old torchvision files; keep the network's own counter.
-    state = {**{k: own[k] for k in optional if k not in state}, **state}
+    state = {**backbone.state_dict(), **state}
     backbone.load_state_dict(state, strict=True)
     return backbone

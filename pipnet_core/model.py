@@ -23,7 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipnet_core.backbone import ResNet, WeightsError, create_backbone, load_imagenet_weights, read_state_dict
+from pipnet_core.backbone import (
+    ResNet,
+    WeightsError,
+    create_backbone,
+    load_imagenet_weights,
+    read_state_dict,
+    state_dict_mismatch,
+)
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -237,19 +244,12 @@ def load_pipnet_weights(model: PIPNet, path: str | Path) -> PIPNet:
     if not path.is_file():
         raise FileNotFoundError(f"PIPNet weights file {path} does not exist")
     state = read_state_dict(path)
-    own = model.state_dict()
-    missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [
-        f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state))
-        if state[k].shape != own[k].shape
-    ]
+    missing, unexpected, shapes = state_dict_mismatch(model, state)
     if missing or unexpected or shapes:
         raise WeightsError(
             f"{path} does not fit this PIPNet (missing {missing[:5]}, unexpected {unexpected[:5]}, "
             f"shapes {shapes[:5]}); build the model with the checkpoint's landmark count, num_nb, backbone and stride"
         )
-    state = {**{k: own[k] for k in own if k not in state}, **state}
+    state = {**model.state_dict(), **state}  # only num_batches_tracked can be missing here
     model.load_state_dict(state, strict=True)
     return model
