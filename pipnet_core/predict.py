@@ -13,6 +13,7 @@ the reason; its rows are NaN and every other face is still predicted.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -116,6 +117,10 @@ class Predictor:
             if num_threads is not None:
                 opts.intra_op_num_threads = int(num_threads)
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+                # the same "do not spin" request as for torch's OpenMP: spinning threads collapse
+                # throughput when another process shares the cores (CPU_SPEED.md B.5)
+                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self._session = ort.InferenceSession(onnx_bytes(model), opts, providers=["CPUExecutionProvider"])
         else:
             if num_threads is not None:

@@ -13,6 +13,7 @@ export PREFECT_HOME="$WORK/prefect"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=180
 export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW=ignore
+export OMP_WAIT_POLICY=PASSIVE   # tests share 2 cores with the servers: spinning OpenMP threads would collapse
 PORT=$(.venv/bin/python -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])")
 .venv/bin/prefect server start --host 127.0.0.1 --port "$PORT" --no-ui > "$WORK/prefect-server.log" 2>&1 &
 SERVER_PID=$!
