@@ -104,14 +104,16 @@ def write_report(store_url: str, k: int, worst: int = 12) -> str:
     if preds is not None:
         per_face, predicted = preds["per_face"], preds["predicted_nme"]
         fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+        # the field's CED stops at 0.1; a model that is still far from it is shown up to 0.3
+        xmax = 0.1 if np.mean(per_face <= 0.1) >= 0.5 else 0.3
         for kk in store.rounds():
             try:
                 p = np.load(io.BytesIO(store.read_round_file(kk, "holdout_predictions.npz")))
             except (FileNotFoundError, OSError):
                 continue
-            xs, ys = ced(p["per_face"])
+            xs, ys = ced(p["per_face"], threshold=xmax)
             ax[0].plot(xs, ys, label=f"round {kk}")
-        ax[0].set(title="CED on the holdout", xlabel="NME", ylabel="fraction of faces", xlim=(0, 0.1), ylim=(0, 1))
+        ax[0].set(title="CED on the holdout", xlabel="NME", ylabel="fraction of faces", xlim=(0, xmax), ylim=(0, 1))
         ax[0].legend()
         ks = [r["round"] for r in rows]
         ax[1].plot(ks, [r["holdout NME"] for r in rows], marker="o")
