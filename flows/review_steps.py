@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from annotations.review.cli_helpers import pull_if_configured, push_or_export, status_report
+from annotations.review.client import ReviewUnavailable
 from annotations.store import Store
 from flows.config import STCConfig
 from flows.steps import select_review_candidates
@@ -41,8 +42,15 @@ def push_round(store_url: str, k: int | None, cfg: STCConfig) -> dict[str, Any]:
 
 
 def pull_corrections(store_url: str) -> dict[str, Any]:
-    """Bring what reviewers finished since the last sync into the store (no-op without Label Studio)."""
-    report = pull_if_configured(Store.open(store_url))
+    """Bring what reviewers finished since the last sync into the store (no-op without Label Studio).
+
+    Label Studio being down does not stop a round: pulling is incremental, so what is not pulled now
+    comes in with the next sync. A wrong token or URL still fails loudly.
+    """
+    try:
+        report = pull_if_configured(Store.open(store_url))
+    except ReviewUnavailable as e:
+        return {"configured": True, "error": str(e), "corrected": 0}
     report.setdefault("corrected", report.get("completed", 0) + report.get("updated", 0))
     return report
 
