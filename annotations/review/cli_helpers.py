@@ -43,7 +43,7 @@ def push_or_export(
 
     Returns:
         The push report (``pushed``, ``already_in_review``, ``recovered``, ``failed``, ``pending``,
-        ``refused``, ``project_id``, ``model_version``, ``error``), or the export report
+        ``refused``, ``refreshed``, ``not_refreshed``, ``project_id``, ``model_version``, ``error``), or the export report
         (``import_file``, ``tasks``, ``message``, ...).
     """
     store = _open(store)

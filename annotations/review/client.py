@@ -430,6 +430,37 @@ class LabelStudioClient:
                 return
             page += 1
 
+    def create_prediction(
+        self, task_id: int, result: list[dict[str, Any]], model_version: str, score: float | None = None
+    ) -> dict[str, Any]:
+        """Add a prediction to an existing task (``POST /api/predictions``, LABEL_STUDIO.md 5.8).
+
+        Never retried once sent: the server adds a second prediction for a second POST. A failure after
+        sending raises ``ReviewUnavailable(ambiguous=True)``; look at :meth:`predictions` of the task for
+        ``model_version`` before creating it again.
+
+        Returns:
+            The stored prediction (``id``, ``task``, ``model_version``, ``score``, ``result``, ...).
+        """
+        body: dict[str, Any] = {"task": int(task_id), "result": result, "model_version": model_version}
+        if score is not None:
+            body["score"] = float(score)
+        out = self.request("POST", "/api/predictions", json=body, idempotent=False)
+        if not isinstance(out, dict) or "id" not in out:
+            raise ReviewRequestError(
+                f"Label Studio at {self.url}: creating a prediction for task {task_id} returned no prediction id", 200
+            )
+        return out
+
+    def predictions(self, task_id: int) -> list[dict[str, Any]]:
+        """The predictions of one task (``GET /api/predictions?task=``), with their results."""
+        body = self.request("GET", "/api/predictions", params={"task": int(task_id)})
+        return body.get("results", []) if isinstance(body, dict) else list(body or [])
+
+    def prediction(self, prediction_id: int) -> dict[str, Any]:
+        """One prediction with its result."""
+        return self.request("GET", f"/api/predictions/{int(prediction_id)}")
+
     def annotation(self, annotation_id: int) -> dict[str, Any]:
         """One annotation with its full result."""
         return self.request("GET", f"/api/annotations/{int(annotation_id)}")

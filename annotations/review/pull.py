@@ -23,6 +23,16 @@ drops the 68-point predictions from the response.
 
 An updated annotation becomes a new ``corrected`` label whose ``created_at`` is the annotation's
 ``updated_at``; the store's current-label view prefers the newest, so the update supersedes.
+
+The parent of a correction (``parent_label_id``, the landmarks ``moved`` is measured against, the
+label's ``round`` and ``model_version``) is the pseudo-label the reviewer started from. That is the
+task's ``data.label_id`` (the pseudo-label first pushed, also named by the review events), except on
+a task a later push refreshed (:mod:`~annotations.review.refresh`: a second prediction of a newer
+round, the one the editor shows after the project's model version changed): there the annotation's
+``parent_prediction`` says which prediction the editor started from, its ``model_version`` gives the
+round, and the parent is the sample's pseudo-label of that round with that model version. An
+annotation without ``parent_prediction`` (made through the API, or drawn from scratch), or whose
+prediction cannot be matched to a stored pseudo-label, keeps the pseudo-label first pushed.
 """
 
 from __future__ import annotations
@@ -37,10 +47,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from annotations.review.client import LabelStudioClient, ReviewConfigError, ReviewError
+from annotations.review.client import LabelStudioClient, ReviewConfigError, ReviewError, ReviewRequestError
 from annotations.review.config import REJECT_CHOICES
 from annotations.review.convert import moved_landmarks, parse_annotation
 from annotations.review.project import SETTING_PROJECT_ID, SETTING_URL, default_title, ensure_project
+from annotations.review.push import SETTING_SHOWN_VERSION
+from annotations.review.tasks import newest_per_sample, shown_model_version
 
 __all__ = ["OVERLAP_S", "SETTING_PULL", "PullReport", "correction_label_id", "pull_reviews"]
 
@@ -52,7 +64,10 @@ SETTING_PULL = "labelstudio.pull"
 OVERLAP_S = 120.0
 # The Data Manager's datetime filter format (label_studio/data_manager/managers.py DATETIME_FORMAT).
 _DM_DATETIME = "%Y-%m-%dT%H:%M:%S.%fZ"
-_INCLUDE = "id,data,updated_at,annotations,result,was_cancelled,completed_by,created_at,lead_time"
+_INCLUDE = (
+    "id,data,updated_at,annotations,result,was_cancelled,completed_by,created_at,lead_time,parent_prediction,"
+    "total_predictions"
+)
 _LABEL_PERSON = b"pipstc-ls-v1"
 
 
@@ -140,6 +155,69 @@ def _parents(store: Any, rounds: set[int]) -> dict[str, tuple[np.ndarray, str | 
     return out
 
 
+@dataclass
+class _Parent:
+    """The pseudo-label a correction started from."""
+
+    label_id: str | None
+    landmarks: np.ndarray | None  # (N, 2) pixels; None: not in the store
+    model_version: str | None
+    round: int
+
+
+class _RefreshedParents:
+    """Which pseudo-label the prediction an annotation started from shows, on refreshed tasks.
+
+    A prediction's ``model_version`` is its label's model version (``round-<k>`` without one,
+    :func:`~annotations.review.tasks.shown_model_version`); the rounds after the task's own, up to the
+    newest round the project was switched to, are searched newest first for the sample's newest
+    pseudo-label of that version, as the refresh chose it.
+    """
+
+    def __init__(self, store: Any, client: LabelStudioClient) -> None:
+        self.store, self.client = store, client
+        shown = store.get_setting(SETTING_SHOWN_VERSION)
+        self.newest_round = int(shown[0]) if shown else None
+        self._versions: dict[int, str | None] = {}
+        self._rounds: dict[int, tuple[Any, dict[str, int]]] = {}
+
+    def _version(self, prediction_id: int) -> str | None:
+        if prediction_id not in self._versions:
+            try:
+                self._versions[prediction_id] = self.client.prediction(prediction_id).get("model_version")
+            except ReviewRequestError as e:  # deleted since: the annotation keeps the first parent
+                log.info("prediction %d of an annotation is gone (%s)", prediction_id, e)
+                self._versions[prediction_id] = None
+        return self._versions[prediction_id]
+
+    def _round(self, r: int) -> tuple[Any, dict[str, int]]:
+        if r not in self._rounds:
+            view = self.store.pseudo_labels(r)
+            self._rounds[r] = (view, newest_per_sample(view))
+        return self._rounds[r]
+
+    def find(self, prediction_id: int, sid: str, task_round: int, first_version: str | None) -> _Parent | None:
+        """The parent the prediction shows, or None when it is the task's first prediction or unknown."""
+        version = self._version(prediction_id)
+        if version is None or version == first_version or self.newest_round is None:
+            return None
+        for r in range(self.newest_round, task_round, -1):
+            view, newest = self._round(r)
+            i = newest.get(sid)
+            if i is None:
+                continue
+            mv = view.frame["model_version"].iat[i] if "model_version" in view.frame else None
+            if shown_model_version(mv, r) == version:
+                raw = mv if isinstance(mv, str) else None
+                return _Parent(str(view.frame["label_id"].iat[i]), view.landmarks[i], raw, r)
+        log.warning(
+            "sample %s: prediction %d (model version %r) matches no stored pseudo-label of rounds %d-%d; its"
+            " correction keeps the pseudo-label first pushed as parent",
+            sid, prediction_id, version, task_round + 1, self.newest_round,
+        )  # fmt: skip
+        return None
+
+
 def pull_reviews(store: Any, client: LabelStudioClient, *, full: bool = False) -> PullReport:
     """Bring what reviewers did since the last pull into the store.
 
@@ -203,6 +281,7 @@ def _collect(
     users = _users(client)
     rounds = {int((t.get("data") or {}).get("round", -1)) for t in annotated}
     parents = _parents(store, {r for r in rounds if r >= 0})
+    newer = _RefreshedParents(store, client)
     source = f"{client.url}/projects/{pid}"
     scheme = store.scheme
 
@@ -228,7 +307,15 @@ def _collect(
         sid, rnd, parent_id = str(sid), int(data["round"]), data.get("label_id")
         sample = samples.loc[sid]
         width, height = int(sample["width"]), int(sample["height"])
-        parent = parents.get(str(parent_id)) if parent_id is not None else None
+        first = parents.get(str(parent_id)) if parent_id is not None else None
+        first_parent = _Parent(
+            None if parent_id is None else str(parent_id),
+            None if first is None else first[0],
+            first[1] if first is not None else data.get("model_version"),
+            rnd,
+        )
+        first_version = data.get("model_version") or (shown_model_version(first[1], rnd) if first else None)
+        refreshed = int(task.get("total_predictions") or 0) > 1
         event = {"sample_id": sid, "round": rnd, "project_id": pid, "task_id": tid, "label_id": parent_id}
         for ann in sorted(task["annotations"], key=lambda a: (_parse_time(a["updated_at"]), int(a["id"]))):
             aid, when = int(ann["id"]), ann["updated_at"]
@@ -255,9 +342,12 @@ def _collect(
                 reject(where, sid, rnd, f"annotation not used: {parsed.problems(scheme)}")
                 report.invalid += 1
                 continue
-            shown = parent[0] if parent is not None else np.full((scheme.num_landmarks, 2), np.nan)
-            moved = moved_landmarks(parsed, shown, width, height)
-            if parent is None:  # nothing to compare with: trust the editor's origin marks only
+            parent = first_parent
+            if refreshed and ann.get("parent_prediction") is not None:
+                parent = newer.find(int(ann["parent_prediction"]), sid, rnd, first_version) or first_parent
+            if parent.landmarks is not None:
+                moved = moved_landmarks(parsed, parent.landmarks, width, height)
+            else:  # nothing to compare with: trust the editor's origin marks only
                 moved = np.array([o == "prediction-changed" for o in parsed.origin], dtype=bool)
             who = ann.get("completed_by")
             who = who.get("id") if isinstance(who, dict) else who
@@ -266,12 +356,12 @@ def _collect(
                     "label_id": label_id,
                     "sample_id": sid,
                     "source": "corrected",
-                    "round": rnd,
-                    "model_version": parent[1] if parent is not None else data.get("model_version"),
+                    "round": parent.round,
+                    "model_version": parent.model_version,
                     "annotator": users.get(int(who), str(who)) if who is not None else None,
                     "ls_task_id": tid,
                     "ls_annotation_id": aid,
-                    "parent_label_id": parent_id,
+                    "parent_label_id": parent.label_id,
                     "created_at": _parse_time(when),
                 }
             )

@@ -18,6 +18,15 @@ Outages: look-ups are retried with backoff (:class:`~annotations.review.client.R
 import is never re-sent after it may have reached the server. When the server stays away the push
 stops; faces not pushed are kept in the store setting ``labelstudio.pending_push`` and pushed first by
 the next run, after the same look-up, so nothing is lost and nothing is duplicated.
+
+Model versions: each task's prediction carries its round's model version, and the project shows the
+newest round pushed (the editor pre-labels only with predictions of the project's ``model_version``,
+LABEL_STUDIO.md pitfall 13). So that tasks of earlier rounds still open do not go blank when the
+project switches, every push that finds the project showing round k adds round k's pseudo-label as
+a second prediction to those tasks (:mod:`~annotations.review.refresh`; counted in
+``PushReport.refreshed`` / ``not_refreshed``). No review event is written for it: the task's
+``pushed`` event keeps the label id of the pseudo-label first pushed, and a pull attributes a
+correction to the prediction the reviewer started from (:mod:`~annotations.review.pull`).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import pandas as pd
 from annotations.review.client import LabelStudioClient, ReviewUnavailable
 from annotations.review.config import labeling_config
 from annotations.review.project import ImageAccess, ReviewProject, ensure_image_access, ensure_project
+from annotations.review.refresh import open_older_reviews, refresh_open_tasks
 from annotations.review.tasks import ReviewItem, Selection, build_task, collect_items, validate_tasks
 from annotations.views import LabelView
 
@@ -58,6 +68,10 @@ class PushReport:
         failed: Faces whose prediction failed validation (recorded as rejects; not retried).
         pending: Faces not pushed because Label Studio was unavailable; the next push sends them.
         refused: Sample id -> why it may not go to review (holdout, human-labeled, no label, ...).
+        refreshed: Open tasks of earlier rounds that got the shown round's prediction now, so the
+            editor keeps pre-labelling them after the project's model version changed.
+        not_refreshed: Open tasks of earlier rounds that still lack it (no pseudo-label of the shown
+            round, validation failed, or an outage: the next push tries again).
         project_id: The Label Studio project.
         model_version: The model version the project now shows.
         error: The outage that stopped the push, if any.
@@ -68,6 +82,8 @@ class PushReport:
     recovered: int = 0
     failed: int = 0
     pending: int = 0
+    refreshed: int = 0
+    not_refreshed: int = 0
     refused: dict[str, str] = field(default_factory=dict)
     project_id: int | None = None
     model_version: str | None = None
@@ -232,7 +248,45 @@ def push_reviews(
             _set_pending(store, [])
     if report.project_id is not None:
         _update_model_version(store, client, report.project_id, [it for it, _ in ready if it.sample_id in done], report)
+        _refresh(store, client, report.project_id, int(round), labels, report)
     return report
+
+
+def _shown(store: Any, project_id: int) -> tuple[int, str] | None:
+    """(round, model version) the project shows, as the store recorded it; None when never set for it."""
+    shown = store.get_setting(SETTING_SHOWN_VERSION)  # [round, model_version, project_id]
+    if not shown or (len(shown) > 2 and shown[2] is not None and int(shown[2]) != project_id):
+        return None  # older stores wrote [round, model_version] for their one project
+    return int(shown[0]), str(shown[1])
+
+
+def _refresh(
+    store: Any,
+    client: LabelStudioClient,
+    project_id: int,
+    round_: int,
+    labels: LabelView | Sequence[str] | None,
+    report: PushReport,
+) -> None:
+    """Give the project's open tasks of older rounds the shown round's prediction (module docstring)."""
+    shown = _shown(store, project_id)
+    if shown is None:
+        return
+    shown_round, version = shown
+    if report.error is not None:  # the server went away during this push: the next push refreshes
+        report.not_refreshed = len(open_older_reviews(store, project_id, shown_round))
+        return
+    # The caller's labels are the pushed round's; for another round (an outage's leftovers of an older
+    # round pushed now) the store's pseudo-labels of the round shown are used.
+    res = refresh_open_tasks(store, client, project_id, shown_round, version, labels if shown_round == round_ else None)
+    report.refreshed, report.not_refreshed = res.refreshed, res.not_refreshed
+    if res.error is not None:
+        report.error = report.error or res.error
+    if res.refreshed or res.not_refreshed:
+        log.info(
+            "open tasks of rounds before %d: %d got the %s prediction, %d could not (%d had it, %d finished)",
+            shown_round, res.refreshed, version, res.not_refreshed, res.already, res.finished,
+        )  # fmt: skip
 
 
 def _validated(
@@ -262,15 +316,16 @@ def _update_model_version(
     if not items:
         return
     newest = max(items, key=lambda it: (it.round, it.model_version))
-    shown = store.get_setting(SETTING_SHOWN_VERSION)  # [round, model_version] the project shows
-    if shown is not None and int(shown[0]) > newest.round:  # an outage's leftovers of an older round
-        report.model_version = str(shown[1])
+    shown = _shown(store, project_id)
+    if shown is not None and shown[0] > newest.round:  # an outage's leftovers of an older round
+        report.model_version = shown[1]
         return
     try:
         client.update_project(project_id, model_version=newest.model_version)
         report.model_version = newest.model_version
-        if shown != [newest.round, newest.model_version]:
-            store.set_setting(SETTING_SHOWN_VERSION, [newest.round, newest.model_version])
+        value = [newest.round, newest.model_version, project_id]
+        if store.get_setting(SETTING_SHOWN_VERSION) != value:
+            store.set_setting(SETTING_SHOWN_VERSION, value)
     except ReviewUnavailable as e:  # the tasks are in; the next push sets it again
         log.warning("could not set the project's model version: %s", e)
         report.error = report.error or str(e)

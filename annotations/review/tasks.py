@@ -3,8 +3,10 @@
 A task (LABEL_STUDIO.md 5.1) carries in ``data`` the image URL and pipstc's own ids (``sample_id``,
 ``round``, ``label_id`` of the pseudo-label shown; never keys named ``id``, ``annotator`` or the control
 name, which collide in JSON_MIN exports), plus the face's scores so reviewers can sort by them in the
-Data Manager; its one prediction is the pseudo-label (``model_version`` = the round's model, ``score``
-= face confidence, per-landmark ``score`` = landmark confidence). Predictions are validated with the
+Data Manager; its prediction is the pseudo-label (``model_version`` = the round's model, ``score``
+= face confidence, per-landmark ``score`` = landmark confidence). A task still open when a later round
+is pushed gets that round's pseudo-label as a second prediction (:func:`refresh_items`,
+:mod:`~annotations.review.refresh`), built and validated the same way. Predictions are validated with the
 SDK's offline ``LabelInterface`` before they leave, because the server accepts anything and only the
 editor breaks on a bad one (LABEL_STUDIO.md pitfall 12).
 """
@@ -26,7 +28,18 @@ from annotations.review.project import ImageAccess, image_location
 from annotations.views import LabelView
 from pipnet_core.schemes import Scheme
 
-__all__ = ["ReviewItem", "Selection", "build_task", "collect_items", "validate_tasks"]
+__all__ = [
+    "ReviewItem",
+    "Selection",
+    "build_prediction",
+    "build_task",
+    "collect_items",
+    "newest_per_sample",
+    "refresh_items",
+    "resolve_labels",
+    "shown_model_version",
+    "validate_tasks",
+]
 
 
 @dataclass
@@ -68,11 +81,60 @@ def _opt_float(value: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _newest_per_sample(view: LabelView) -> dict[str, int]:
+def newest_per_sample(view: LabelView) -> dict[str, int]:
     """Row of the newest label of each sample in ``view`` (by created_at, then write order)."""
     frame = view.frame
     order = np.lexsort((np.arange(len(frame)), frame["created_at"].to_numpy()))
     return {str(frame["sample_id"].iat[i]): int(i) for i in order}  # later rows overwrite earlier ones
+
+
+def shown_model_version(model_version: Any, round_: int) -> str:
+    """The ``model_version`` a label's prediction carries: its model version, or ``round-<k>`` without one."""
+    return str(model_version) if isinstance(model_version, str) and model_version else f"round-{int(round_)}"
+
+
+def resolve_labels(store: Any, round_: int, labels: LabelView | Sequence[str] | None) -> LabelView:
+    """The labels to show: ``labels`` itself (a LabelView), the labels of round ``round_`` with these
+    label ids, or the round's pseudo-labels (None)."""
+    if labels is None:
+        return store.pseudo_labels(round_)
+    if isinstance(labels, LabelView):
+        return labels
+    ids = set(labels)
+    all_round = store.labels(round=round_)
+    return all_round.take(all_round.frame["label_id"].isin(ids).to_numpy())
+
+
+class _Rows:
+    """The columns of a label view that a review item needs, with the newest row per sample."""
+
+    def __init__(self, view: LabelView) -> None:
+        self.view = view
+        self.newest = newest_per_sample(view)
+        frame = view.frame
+        self.label_ids, self.rounds = frame["label_id"].astype(str).to_numpy(), frame["round"].to_numpy()
+        self.columns = {c: frame[c].to_numpy() if c in frame else np.full(len(frame), None) for c in
+                        ("face_confidence", "predicted_nme", "model_version")}  # fmt: skip
+
+    def item(self, sid: str, image: str, width: int, height: int, storage_dir: Path | None) -> ReviewItem:
+        """The review item of sample ``sid`` (which must have a row)."""
+        r = self.newest[sid]
+        rnd = int(self.rounds[r])
+        conf = self.view.landmark_confidence
+        return ReviewItem(
+            sample_id=sid,
+            round=rnd,
+            label_id=str(self.label_ids[r]),
+            image=image,
+            width=int(width),
+            height=int(height),
+            landmarks=self.view.landmarks[r],
+            landmark_confidence=None if conf is None else conf[r],
+            face_confidence=_opt_float(self.columns["face_confidence"][r]),
+            predicted_nme=_opt_float(self.columns["predicted_nme"][r]),
+            model_version=shown_model_version(self.columns["model_version"][r], rnd),
+            storage_dir=storage_dir,
+        )
 
 
 def collect_items(
@@ -103,25 +165,13 @@ def collect_items(
     wanted = list(dict.fromkeys(str(s) for s in sample_ids))
     if not wanted:
         return sel
-    if labels is None:
-        view = store.pseudo_labels(round_)
-    elif isinstance(labels, LabelView):
-        view = labels
-    else:
-        ids = set(labels)
-        all_round = store.labels(round=round_)
-        view = all_round.take(all_round.frame["label_id"].isin(ids).to_numpy())
-    rows = _newest_per_sample(view)
+    rows = _Rows(resolve_labels(store, round_, labels))
     samples = store.samples()
     split = dict(zip(samples["sample_id"], samples["split"], strict=True))
     where = {sid: i for i, sid in enumerate(samples["sample_id"])}
     uri, width, height = (samples[c].to_numpy() for c in ("image_uri", "width", "height"))
     people = set(store.labels(source="human").frame["sample_id"])
     people |= set(store.labels(source="corrected").frame["sample_id"])
-    frame = view.frame
-    label_ids, rounds = frame["label_id"].astype(str).to_numpy(), frame["round"].to_numpy()
-    columns = {c: frame[c].to_numpy() if c in frame else np.full(len(frame), None) for c in
-               ("face_confidence", "predicted_nme", "model_version")}  # fmt: skip
     for sid in wanted:
         if sid not in split:
             sel.refused[sid] = "not in the store"
@@ -132,10 +182,10 @@ def collect_items(
         if sid in people:
             sel.refused[sid] = "already labeled by a person (human or corrected label)"
             continue
-        if sid not in rows:
+        if sid not in rows.newest:
             sel.refused[sid] = f"no label of round {round_} to show"
             continue
-        r, s = rows[sid], where[sid]
+        s = where[sid]
         try:
             image, storage_dir = image_location(str(uri[s]), str(store.url), access)
         except ReviewConfigError as e:
@@ -143,25 +193,63 @@ def collect_items(
                 raise
             sel.refused[sid] = str(e)
             continue
-        rnd = int(rounds[r])
-        mv = columns["model_version"][r]
-        sel.items.append(
-            ReviewItem(
-                sample_id=sid,
-                round=rnd,
-                label_id=str(label_ids[r]),
-                image=image,
-                width=int(width[s]),
-                height=int(height[s]),
-                landmarks=view.landmarks[r],
-                landmark_confidence=None if view.landmark_confidence is None else view.landmark_confidence[r],
-                face_confidence=_opt_float(columns["face_confidence"][r]),
-                predicted_nme=_opt_float(columns["predicted_nme"][r]),
-                model_version=str(mv) if isinstance(mv, str) and mv else f"round-{rnd}",
-                storage_dir=storage_dir,
-            )
-        )
+        sel.items.append(rows.item(sid, image, int(width[s]), int(height[s]), storage_dir))
     return sel
+
+
+def refresh_items(
+    store: Any, sample_ids: Sequence[str], round_: int, labels: LabelView | Sequence[str] | None
+) -> Selection:
+    """The newer prediction of faces already in review: the label of round ``round_`` to add to their task.
+
+    Unlike :func:`collect_items` this needs no image access (the task exists and keeps its image)
+    and refuses nothing a person decided: the task is open, its reviewer should see the newest model.
+
+    Args:
+        store: The label store.
+        sample_ids: Faces whose open task gets the newer prediction.
+        round_: The round whose labels are shown now.
+        labels: The round's labels to show (a LabelView or label ids); a sample without one there
+            falls back to its pseudo-label of round ``round_`` in the store. None: the store's only.
+
+    Returns:
+        Items (``image`` empty, ``storage_dir`` None), and the samples without a label of the round.
+    """
+    sel = Selection()
+    wanted = list(dict.fromkeys(str(s) for s in sample_ids))
+    if not wanted:
+        return sel
+    samples = store.samples()
+    size = dict(zip(samples["sample_id"], zip(samples["width"], samples["height"], strict=True), strict=True))
+    given = _Rows(resolve_labels(store, round_, labels)) if labels is not None else None
+    fallback: _Rows | None = None
+    for sid in wanted:
+        if sid not in size:
+            sel.refused[sid] = "not in the store"
+            continue
+        rows = given if given is not None and sid in given.newest else None
+        if rows is None:
+            fallback = fallback or _Rows(store.pseudo_labels(round_))
+            rows = fallback if sid in fallback.newest else None
+        if rows is None:
+            sel.refused[sid] = f"no pseudo-label of round {round_} to show"
+            continue
+        sel.items.append(rows.item(sid, "", int(size[sid][0]), int(size[sid][1]), None))
+    return sel
+
+
+def build_prediction(item: ReviewItem, scheme: Scheme) -> dict[str, Any]:
+    """The prediction of one face: ``model_version`` = the round's model, ``score`` = face confidence,
+    per-landmark ``score`` = landmark confidence."""
+    return prediction(
+        item.landmarks,
+        item.width,
+        item.height,
+        scheme,
+        model_version=item.model_version,
+        face_confidence=item.face_confidence,
+        landmark_confidence=item.landmark_confidence,
+    )
 
 
 def build_task(item: ReviewItem, scheme: Scheme) -> dict[str, Any]:
@@ -177,16 +265,7 @@ def build_task(item: ReviewItem, scheme: Scheme) -> dict[str, Any]:
         data["face_confidence"] = round(item.face_confidence, 4)
     if item.predicted_nme is not None:
         data["predicted_nme"] = round(item.predicted_nme, 5)
-    pred = prediction(
-        item.landmarks,
-        item.width,
-        item.height,
-        scheme,
-        model_version=item.model_version,
-        face_confidence=item.face_confidence,
-        landmark_confidence=item.landmark_confidence,
-    )
-    return {"data": data, "predictions": [pred]}
+    return {"data": data, "predictions": [build_prediction(item, scheme)]}
 
 
 def _signature(pred: dict[str, Any]) -> tuple[Any, ...]:

@@ -377,3 +377,110 @@ def test_cli_helpers_push_pull_and_status_from_the_environment(
     st = status_report(str(store.url))
     assert st["pushed"] == 4 and st["server_tasks"] == 4 and st["project_id"] == pushed["project_id"]
     assert label_studio.token not in json.dumps([offline, pushed, pulled, st], default=str)
+
+
+MODEL2 = "pipnet-r18-round2"
+
+
+def _add_round2(store: Store, sids: list[str], seed: int = 7) -> None:
+    """Round-2 pseudo-labels (model MODEL2) for ``sids``: new landmarks, face and landmark confidences."""
+    rng = np.random.default_rng(seed)
+    samples = store.samples().set_index("sample_id").loc[sids]
+    sizes = samples[["width", "height"]].to_numpy(dtype=np.float64)
+    landmarks = (rng.uniform(0.1, 0.9, size=(len(sids), N, 2)) * sizes[:, None, :]).astype(np.float32)
+    store.add_labels(
+        pd.DataFrame({"sample_id": sids, "source": "pseudo", "round": 2, "model_version": MODEL2,
+                      "face_confidence": rng.uniform(0.2, 0.9, len(sids)).astype(np.float32), "level": "std"}),
+        landmarks,
+        landmark_confidence=rng.uniform(0, 1, size=(len(sids), N)).astype(np.float32),
+    )  # fmt: skip
+
+
+def test_newer_round_refreshes_open_tasks_of_older_rounds_and_pull_finds_the_parent(
+    tmp_path: Path, label_studio: LabelStudioServer, client: LabelStudioClient
+) -> None:
+    store, ids, access = _setup(tmp_path, label_studio, n=9)
+    pool = ids[:9]
+    first = push_reviews(store, client, pool[:6], round=1, access=access, title="refresh test")
+    assert first.pushed == 6 and first.refreshed == 0 and first.not_refreshed == 0
+    pid = first.project_id
+    tasks1 = {t["data"]["sample_id"]: t for t in project_tasks(client, pid)}
+    samples = store.samples().set_index("sample_id")
+    ls = client.sdk()
+    # Finished on the server but not pulled yet (the store still calls them open): one done, one skipped.
+    ls.annotations.create(id=tasks1[pool[0]]["id"], result=tasks1[pool[0]]["predictions"][0]["result"])
+    ls.annotations.create(id=tasks1[pool[1]]["id"], result=[], was_cancelled=True)
+
+    # Round 2: new pseudo-labels for the open faces 0-3 and the new faces 6-8; face 4 and 5 get none.
+    _add_round2(store, pool[:4] + pool[6:])
+    round2 = store.pseudo_labels(2)
+    # The caller's view holds the pushed faces and face 2 only: face 3 falls back to the store's round 2.
+    given = round2.take(round2.frame["sample_id"].isin(pool[6:] + [pool[2]]).to_numpy())
+    second = push_reviews(store, client, pool[6:], round=2, labels=given, access=access, title="refresh test")
+    assert second.pushed == 3 and second.error is None
+    assert (second.refreshed, second.not_refreshed) == (2, 2)  # faces 2, 3 refreshed; 4, 5 have no round-2 label
+    assert second.model_version == MODEL2 and client.project(pid)["model_version"] == MODEL2
+    assert second.as_dict()["refreshed"] == 2
+
+    by_sample = {sid: i for i, sid in enumerate(round2.frame["sample_id"])}
+    tasks = {t["data"]["sample_id"]: t for t in project_tasks(client, pid)}
+    assert len(tasks) == 9
+    for sid in pool[2:4]:
+        preds = {p["model_version"]: p for p in tasks[sid]["predictions"]}
+        assert sorted(preds) == sorted([MODEL, MODEL2])
+        i = by_sample[sid]
+        W, H = int(samples.at[sid, "width"]), int(samples.at[sid, "height"])
+        parsed = parse_annotation(preds[MODEL2]["result"], SCHEME, W, H)
+        assert parsed.ok
+        np.testing.assert_allclose(parsed.landmarks, round2.landmarks[i], atol=1e-4)
+        assert preds[MODEL2]["score"] == pytest.approx(float(round2.frame["face_confidence"].iat[i]), abs=1e-6)
+        scores = {it["value"]["keypointlabels"][0]: it["score"] for it in preds[MODEL2]["result"]}
+        np.testing.assert_allclose([scores[n] for n in SCHEME.landmark_names], round2.landmark_confidence[i],
+                                   atol=1e-6)  # fmt: skip
+        assert tasks[sid]["data"]["round"] == 1  # the task itself is unchanged
+    for sid in pool[:2] + pool[4:6]:  # finished (not touched) or without a round-2 label
+        assert [p["model_version"] for p in tasks[sid]["predictions"]] == [MODEL]
+    for sid in pool[6:]:
+        assert [p["model_version"] for p in tasks[sid]["predictions"]] == [MODEL2]
+    # No review rows for refreshes: each face still has its one "pushed" event of the first push.
+    events = store.reviews(latest=False)
+    assert len(events) == 9 and (events["status"] == "pushed").all()
+    assert set(events.loc[events["sample_id"].isin(pool[2:4]), "round"]) == {1}
+
+    again = push_reviews(store, client, pool[6:], round=2, labels=given, access=access, title="refresh test")
+    assert (again.pushed, again.already_in_review, again.refreshed, again.not_refreshed) == (0, 3, 0, 2)
+    assert sum(len(t["predictions"]) for t in project_tasks(client, pid)) == 11  # 9 tasks + 2 refreshes
+    assert len(store.reviews(latest=False)) == 9
+
+    # Pull: a correction started from the round-2 prediction has the round-2 pseudo-label as parent;
+    # one started from the round-1 prediction keeps the round-1 pseudo-label.
+    pseudo1 = store.pseudo_labels(1)
+    by_sample1 = {sid: i for i, sid in enumerate(pseudo1.frame["sample_id"])}
+    want = {}
+    for sid, version, k in ((pool[2], MODEL2, 7), (pool[3], MODEL, 9)):
+        pred = next(p for p in tasks[sid]["predictions"] if p["model_version"] == version)
+        W, H = int(samples.at[sid, "width"]), int(samples.at[sid, "height"])
+        target = (float(W // 3) + 0.25, float(H // 2) - 0.5)
+        result = _reviewer_result(pred["result"], {k: target}, W, H, origin=False)
+        ls.annotations.create(id=tasks[sid]["id"], result=result, parent_prediction=pred["id"])
+        want[sid] = (version, k)
+    pulled = pull_reviews(store, client)
+    assert pulled.completed == 3  # faces 0, 2, 3
+    corrected = store.labels(source="corrected")
+    rows = {sid: r for r, sid in enumerate(corrected.frame["sample_id"])}
+    r2 = corrected.frame.iloc[rows[pool[2]]]
+    assert r2["parent_label_id"] == round2.frame["label_id"].iat[by_sample[pool[2]]]
+    assert r2["round"] == 2 and r2["model_version"] == MODEL2
+    assert np.flatnonzero(corrected.moved[rows[pool[2]]]).tolist() == [7]  # measured against round 2
+    r3 = corrected.frame.iloc[rows[pool[3]]]
+    assert r3["parent_label_id"] == pseudo1.frame["label_id"].iat[by_sample1[pool[3]]]
+    assert r3["round"] == 1 and r3["model_version"] == MODEL
+    assert np.flatnonzero(corrected.moved[rows[pool[3]]]).tolist() == [9]
+    r0 = corrected.frame.iloc[rows[pool[0]]]  # made before the refresh, no parent prediction given
+    assert r0["parent_label_id"] == tasks1[pool[0]]["data"]["label_id"] and not corrected.moved[rows[pool[0]]].any()
+    latest = store.reviews().set_index("sample_id")
+    assert latest.at[pool[2], "status"] == "completed" and latest.at[pool[2], "round"] == 1
+
+    # A third push finds nothing left to refresh among the finished ones; faces 4, 5 stay not refreshed.
+    third = push_reviews(store, client, [], round=2, access=access, title="refresh test")
+    assert (third.refreshed, third.not_refreshed) == (0, 2)
