@@ -194,9 +194,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
 
 
-def state_dict_mismatch(
-    module: nn.Module, state: dict[str, torch.Tensor]
-) -> tuple[list[str], list[str], list[str]]:
+def state_dict_mismatch(module: nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
     """Keys the file lacks, keys the network lacks, and shape mismatches (``num_batches_tracked`` optional)."""
     own = module.state_dict()
     missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))

@@ -103,19 +103,23 @@ def _validate(s: Scheme) -> None:
         raise SchemeError(f"{where}: num_landmarks must be an integer >= 2, got {n!r}")
     if len(s.landmark_names) != n:
         raise SchemeError(
-            f"{where}: landmark_names has {len(s.landmark_names)} names but num_landmarks is {n}; give one name per landmark"
+            f"{where}: landmark_names has {len(s.landmark_names)} names but num_landmarks is {n};"
+            " give one name per landmark"
         )
     if len(set(s.landmark_names)) != n:
         dup = sorted({x for x in s.landmark_names if s.landmark_names.count(x) > 1})
         raise SchemeError(f"{where}: landmark_names must be unique, repeated: {dup}")
     if s.flip is not None:
         if len(s.flip) != n or sorted(s.flip) != list(range(n)):
-            raise SchemeError(f"{where}: flip must be a permutation of 0..{n - 1} (length {n}); got length {len(s.flip)}")
+            raise SchemeError(
+                f"{where}: flip must be a permutation of 0..{n - 1} (length {n}); got length {len(s.flip)}"
+            )
         bad = [i for i in range(n) if s.flip[s.flip[i]] != i]
         if bad:
             i = bad[0]
             raise SchemeError(
-                f"{where}: flip is not an involution: flip[{i}] = {s.flip[i]} but flip[{s.flip[i]}] = {s.flip[s.flip[i]]};"
+                f"{where}: flip is not an involution: flip[{i}] = {s.flip[i]}"
+                f" but flip[{s.flip[i]}] = {s.flip[s.flip[i]]};"
                 " mirroring twice must return every landmark to its slot (or set flip to null to disable flipping)"
             )
     if isinstance(s.norm, str):
@@ -123,7 +127,9 @@ def _validate(s: Scheme) -> None:
             raise SchemeError(f"{where}: norm must be two landmark indices or 'box', got {s.norm!r}")
     else:
         if len(s.norm) != 2 or any((not isinstance(i, int)) or i < 0 or i >= n for i in s.norm):
-            raise SchemeError(f"{where}: norm indices {list(s.norm)} out of range 0..{n - 1}; give two landmark indices")
+            raise SchemeError(
+                f"{where}: norm indices {list(s.norm)} out of range 0..{n - 1}; give two landmark indices"
+            )
         if s.norm[0] == s.norm[1]:
             raise SchemeError(f"{where}: norm indices must differ, got {list(s.norm)}")
     seen: dict[int, str] = {}
@@ -135,7 +141,9 @@ def _validate(s: Scheme) -> None:
                 raise SchemeError(f"{where}: landmark {i} is in both regions {seen[i]!r} and {region!r}")
             seen[i] = region
     if s.meanface is not None and len(s.meanface) != 2 * n:
-        raise SchemeError(f"{where}: meanface has {len(s.meanface)} values, expected {2 * n} (x0 y0 ... x{n - 1} y{n - 1})")
+        raise SchemeError(
+            f"{where}: meanface has {len(s.meanface)} values, expected {2 * n} (x0 y0 ... x{n - 1} y{n - 1})"
+        )
 
 
 def _read_meanface(name: str) -> tuple[float, ...]:

@@ -43,8 +43,8 @@ def push_or_export(
 
     Returns:
         The push report (``pushed``, ``already_in_review``, ``recovered``, ``failed``, ``pending``,
-        ``refused``, ``refreshed``, ``not_refreshed``, ``project_id``, ``model_version``, ``error``), or the export report
-        (``import_file``, ``tasks``, ``message``, ...).
+        ``refused``, ``refreshed``, ``not_refreshed``, ``project_id``, ``model_version``, ``error``),
+        or the export report (``import_file``, ``tasks``, ``message``, ...).
     """
     store = _open(store)
     if not configured():
