@@ -68,6 +68,13 @@ def _now() -> pa.Scalar:
 
 
 def _column(series: pd.Series, field: pa.Field, what: str) -> pa.Array:
+    arr = _column_chunks(series, field, what)
+    # arrow-backed pandas columns (e.g. pandas' "str" dtype) convert to chunked arrays; a table whose
+    # columns are chunked differently crashed pyarrow's Table.filter, so every column is one chunk
+    return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+
+
+def _column_chunks(series: pd.Series, field: pa.Field, what: str) -> pa.Array | pa.ChunkedArray:
     try:
         if pa.types.is_timestamp(field.type):
             arr = pa.array(series, from_pandas=True)
