@@ -99,7 +99,7 @@ def analyse_confidence(store: Store, k: int, cfg: STCConfig) -> dict[str, Any]:
     """How well confidence ranks real errors on the holdout, for round k's model.
 
     Mirrors evaluate_round: the combined ConfidenceModel (and each signal's own one-feature model) is
-    fitted on the calibration half of the holdout (``flows.steps._calibration_half``) and every number
+    fitted on the calibration half of the holdout (``flows.steps.calibration_half``) and every number
     is measured on the other half. "raw" columns rank by the signal itself (face: mean over landmarks),
     no fitting at all.
     """
@@ -111,7 +111,7 @@ def analyse_confidence(store: Store, k: int, cfg: STCConfig) -> dict[str, Any]:
     errors = landmark_errors(pr, gt, store.scheme)  # (B, N) NME units
     per_face = nme(pr, gt, store.scheme)  # (B,)
     sig = {n: np.asarray(v)[ok] for n, v in pred.signals.items()}
-    calib = steps._calibration_half(samples["sample_id"][ok])
+    calib = steps.calibration_half(samples["sample_id"][ok])
     test = ~calib
 
     def on(mask: np.ndarray) -> dict[str, np.ndarray]:

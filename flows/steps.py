@@ -24,6 +24,7 @@ from pipnet_core import crop as cropmod
 from pipnet_core.curriculum import CurriculumPolicy, create_policy
 
 __all__ = [
+    "calibration_half",
     "checkpoint_path",
     "evaluate_round",
     "inference_crop_boxes",
@@ -237,7 +238,7 @@ def _round_mapping(store: Store, k: int) -> Any:
     return BoxMapping.from_dict(d) if d else BoxMapping.identity()
 
 
-def _calibration_half(sample_ids: pd.Series) -> np.ndarray:
+def calibration_half(sample_ids: pd.Series) -> np.ndarray:
     """Deterministic half of the holdout used to calibrate confidence; the other half measures it."""
     return sample_ids.map(lambda s: int(hashlib.sha1(f"calib:{s}".encode()).hexdigest()[:8], 16) % 2 == 0).to_numpy()
 
@@ -272,7 +273,7 @@ def evaluate_round(store_url: str, k: int, cfg: STCConfig) -> dict[str, Any]:
     fr, auc = fr_auc(per_face)
     errors = landmark_errors(pr, gt, store.scheme, box_size=box_size)
     sig = {name: v[ok] for name, v in pred.signals.items()}
-    calib = _calibration_half(samples["sample_id"][ok])
+    calib = calibration_half(samples["sample_id"][ok])
     if calib.sum() >= 4 and (~calib).sum() >= 2:
         model = ConfidenceModel.fit({n: v[calib] for n, v in sig.items()}, errors[calib])
     else:
@@ -389,7 +390,8 @@ def select_review_candidates(store_url: str, k: int, cfg: STCConfig) -> list[str
     frame["yaw"], frame["pitch"] = pose[:, 0], pose[:, 1]
     samples = store.samples().set_index("sample_id")
     frame["split"] = samples.loc[frame["sample_id"], "split"].to_numpy()
-    budget = max(1, int(round(cfg.review_budget * len(frame))))
+    # the budget is a share of the whole pool, so it does not shrink as people correct faces
+    budget = max(1, int(round(cfg.review_budget * len(store.samples(split="pool")))))
     exclude = set(store.in_review()["sample_id"])
     human = store.labels(source="human").frame["sample_id"]
     corrected = store.labels(source="corrected").frame["sample_id"]
