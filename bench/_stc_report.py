@@ -75,7 +75,7 @@ def _plots(res: dict[str, Any], out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     names = []
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=90)
+    fig, ax = plt.subplots(figsize=(9.0, 4.0), dpi=90)
     for key, ys in _curves(res).items():
         ax.plot(range(len(ys)), ys, marker="o", label=res["methods"][key]["title"])
     long = res["baselines"]["supervised-long"]
@@ -87,7 +87,7 @@ def _plots(res: dict[str, Any], out: Path) -> list[str]:
     ax.set_ylabel("holdout NME (wild)")
     ax.set_xticks(range(res["rounds"] + 1))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: no line hidden
     fig.tight_layout()
     fig.savefig(out / "nme_per_round.png")
     plt.close(fig)
@@ -334,6 +334,7 @@ def write_report(res: dict[str, Any], out: Path) -> Path:
         "",
         f"Plots: {', '.join(plots)}. Raw numbers: results.json.",
         "",
+        *(["## Reading (written after this run)", "", res["reading"], ""] if res.get("reading") else []),
     ]
     path = out / "stc.md"
     path.write_text("\n".join(parts))

@@ -9,7 +9,9 @@ Issue 7. One run, same data, same training budget per round, side by side:
   (``confidence``: each pseudo-label routed by its own predicted NME, fine-tuned from the last round),
   and the last two with a human review budget of 5% of the pool per round. The simulated reviewer
   answers with the generator's ground truth (``pool_truth/*.pts``): a ``corrected`` label whose parent is
-  the pseudo-label, annotator ``simulated-reviewer``. Only the benchmark does this.
+  the pseudo-label, annotator ``simulated-reviewer``. Only the benchmark does this. A control per review
+  method trains the long supervised baseline plus the faces that method had corrected (no pseudo-labels),
+  to tell the value of the reviewed faces from that of the self-training around them.
 
 Data (flows.demo.make_demo_data): a small labeled set in the ``studio`` domain, a holdout and a pool in
 the shifted ``wild`` domain (the paper's cross-domain setting, DESIGN.md section 7); the pool has
@@ -25,7 +27,7 @@ the combined model fitted on one half of the holdout and measured on the other, 
 review value on the pool (share of the gross errors, NME > 0.1, found in the 5% least confident vs a
 random 5% and vs ordering by score peak), and the real NME of the pseudo-labels routed to each level.
 
-    python bench/bench_stc.py            # full: about 30 minutes on 2 otherwise idle cores
+    python bench/bench_stc.py            # full: ~30-35 min on 2 idle cores (43 min on the shared machine)
     python bench/bench_stc.py --quick    # CI smoke test: a few minutes, tiny sizes, numbers meaningless
 
 Writes <out>/stc.md, <out>/results.json and PNG plots (default out: bench/results; bench/results/quick
