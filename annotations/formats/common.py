@@ -14,7 +14,6 @@ than 50% of the image size beyond an edge, which points at swapped x/y or the wr
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import pandas as pd
 from annotations.ids import sample_id_from_digest
 from annotations.images import ImageReadError, read_image
 from annotations.schema import rejects_schema, samples_schema
+from pipnet_core.crop import landmark_box as crop_landmark_box
 from pipnet_core.schemes import Scheme
 
 __all__ = [
@@ -227,12 +227,7 @@ def landmark_box(landmarks: np.ndarray) -> np.ndarray | None:
 
 def landmark_boxes(landmarks: np.ndarray) -> np.ndarray:
     """Tight boxes of (M, N, 2) landmarks -> (M, 4) float32 (NaN rows where not computable)."""
-    pts = np.asarray(landmarks, dtype=np.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows give NaN boxes, on purpose
-        lo = np.nanmin(pts, axis=1)
-        hi = np.nanmax(pts, axis=1)
-    return np.concatenate([lo, hi], axis=1).astype(np.float32)
+    return crop_landmark_box(np.asarray(landmarks, dtype=np.float64)).astype(np.float32)
 
 
 @dataclass
