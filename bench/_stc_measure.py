@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from annotations.boxmap import BoxMapping
+from annotations.ingest.boxmap import BoxMapping
 from annotations.formats.pts import read_pts
 from annotations.review.selection import pose_descriptor, select_for_review
 from annotations.store import Store

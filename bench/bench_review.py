@@ -1,6 +1,6 @@
 """Benchmark: push 1,000 faces with 68-point predictions to Label Studio and pull 1,000 annotations.
 
-Starts its own Label Studio (annotations.review.server, the same start as the test fixture; a cached
+Starts its own Label Studio (tools.labelstudio_server, the same start as the test fixture; a cached
 migrated template under .work/ls-template makes it ~5 s), builds a store with 1,000 pool faces
 pseudo-labelled in round 1, then times:
 
@@ -39,7 +39,7 @@ from annotations.review.client import LabelStudioClient, connect  # noqa: E402
 from annotations.review.project import ImageAccess  # noqa: E402
 from annotations.review.pull import pull_reviews  # noqa: E402
 from annotations.review.push import push_reviews  # noqa: E402
-from annotations.review.server import start_label_studio  # noqa: E402
+from tools.labelstudio_server import start_label_studio  # noqa: E402
 from annotations.store import Store  # noqa: E402
 from pipnet_core.schemes import get_scheme  # noqa: E402
 

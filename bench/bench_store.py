@@ -40,7 +40,7 @@ import pyarrow.dataset as ds
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from annotations.store import Store  # noqa: E402
-from annotations.views import SCALAR_COLUMNS  # noqa: E402
+from annotations.store.views import SCALAR_COLUMNS  # noqa: E402
 from pipnet_core.schemes import get_scheme  # noqa: E402
 
 N = 68

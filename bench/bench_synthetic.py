@@ -24,7 +24,7 @@ import time
 import cv2
 import numpy as np
 
-from annotations.synthetic import DOMAINS, generate_face
+from synthetic_faces import DOMAINS, generate_face
 
 TARGET_FACES_PER_S = 200.0
 

@@ -30,7 +30,7 @@ def _simulated_detector_boxes(landmarks: np.ndarray, rng: np.random.Generator) -
 def make_demo_data(images: Path, sizes: tuple[int, int, int], seed: int = 0) -> dict[str, Path]:
     """Write labeled (studio), holdout (wild) and pool (wild) faces; pool truth kept aside for benchmarks."""
     from annotations.formats.pts import read_pts
-    from annotations.synthetic import DOMAINS, write_dataset
+    from synthetic_faces import DOMAINS, write_dataset
 
     n_labeled, n_holdout, n_pool = sizes
     paths = {name: images / name for name in ("labeled", "holdout", "pool", "pool_truth")}

@@ -29,7 +29,7 @@ def ingest_source(
     """
     store = Store.open(store_url)
     if format == "pool":
-        from annotations.pool import build_pool
+        from annotations.ingest.pool import build_pool
 
         result = build_pool(source, detector=detector, boxes_file=boxes_file, dataset=dataset)
         result.samples["split"] = "pool"

@@ -23,8 +23,8 @@ def predict_images(
     crop_scale: float | None = None,
 ) -> dict[str, Any]:
     """Find faces (detector or box file), predict landmarks, write CSV/JSON/Parquet (+ overlays)."""
-    from annotations.boxmap import BoxMapping
-    from annotations.pool import build_pool
+    from annotations.ingest.boxmap import BoxMapping
+    from annotations.ingest.pool import build_pool
     from flows.config import STCConfig
     from flows.steps import inference_crop_boxes
     from pipnet_core.predict import Predictor

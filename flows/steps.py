@@ -81,7 +81,7 @@ def inference_crop_boxes(samples: pd.DataFrame, mapping: Any, scale: float) -> n
     """Crops for faces without landmarks: the sample box mapped to a landmark box, then enlarged.
 
     Boxes that already are landmark boxes (``box_source == "landmarks"``) need no mapping; detector and
-    given boxes go through the mapping fitted on human-labeled faces (annotations.boxmap).
+    given boxes go through the mapping fitted on human-labeled faces (annotations.ingest.boxmap).
     """
     boxes = (
         np.stack(samples["box"].map(lambda b: np.asarray(b, dtype=np.float64)).to_numpy())
@@ -108,9 +108,9 @@ def fit_crop_mapping(store: Store, max_faces: int = 200) -> Any:
     faces only have landmark boxes, the pool's detector is run on (up to ``max_faces``) labeled
     images and each detection is matched to its face by IoU. Identity when there is nothing to fit.
     """
-    from annotations.boxmap import BoxMapping, fit_box_mapping, match_boxes
-    from annotations.detect import DetectorUnavailable, create_detector
-    from annotations.images import ImageReadError, read_image
+    from annotations.ingest.boxmap import BoxMapping, fit_box_mapping, match_boxes
+    from annotations.ingest.detect import DetectorUnavailable, create_detector
+    from pipnet_core.images import ImageReadError, read_image
 
     view = store.current_labels(splits=("train",), for_training=True)
     frame = view.frame.reset_index(drop=True)
@@ -232,7 +232,7 @@ def _predictor(store: Store, k: int, cfg: STCConfig, confidence: Any = None) -> 
 
 
 def _round_mapping(store: Store, k: int) -> Any:
-    from annotations.boxmap import BoxMapping
+    from annotations.ingest.boxmap import BoxMapping
 
     d = store.read_round_json(k, "boxmap.json", default=None)
     return BoxMapping.from_dict(d) if d else BoxMapping.identity()

@@ -1,6 +1,7 @@
 """Training samples as a torch Dataset: read, crop, normalise landmarks, augment; targets per batch.
 
-Each item is one face: the image is read with OpenCV (BGR -> RGB), the crop box is cut out and
+Each item is one face: the image is read by :func:`pipnet_core.images.read_image` (the one reader
+of the project: EXIF orientation applied, alpha over white), the crop box is cut out and
 resized to ``input_size`` (:func:`pipnet_core.crop.crop_image`), the landmarks are mapped into the
 normalised crop (:func:`pipnet_core.crop.to_crop`) and, for training, augmented with the image
 (:mod:`pipnet_core.augment`). Targets are built once per batch in the collate function, because
@@ -18,43 +19,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from pipnet_core.augment import AugmentConfig, augment
 from pipnet_core.crop import crop_image, to_crop
+from pipnet_core.images import read_image
 from pipnet_core.loss import BatchTargets, targets_to_torch
 from pipnet_core.targets import LEVEL_MASKS, build_targets
 
-__all__ = ["Batch", "FaceDataset", "ImageReadError", "TargetCollate", "read_image"]
+__all__ = ["Batch", "FaceDataset", "TargetCollate"]
 
 LEVELS = ("std", "cls2", "cls3")
-
-
-class ImageReadError(OSError):
-    """An image file is missing or cannot be decoded; the message names the path."""
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as (H, W, 3) uint8 RGB.
-
-    Raises:
-        ImageReadError: the file is missing or OpenCV cannot decode it.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"image {path} does not exist")
-    # imdecode of the raw bytes also handles non-ASCII paths, which cv2.imread does not on all platforms.
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as exc:
-        raise ImageReadError(f"image {path} cannot be read: {exc}") from exc
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise ImageReadError(f"image {path} cannot be decoded (empty, truncated or not an image)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 class FaceDataset(Dataset):
@@ -144,7 +121,7 @@ class FaceDataset(Dataset):
         cached = self._cache.get(index)
         if cached is not None:
             return cached
-        crop = crop_image(read_image(self.image_paths[index]), self.crop_boxes[index], self.input_size)
+        crop = crop_image(read_image(self.image_paths[index]).rgb, self.crop_boxes[index], self.input_size)
         if self.cache_crops:
             self._cache[index] = crop
         return crop

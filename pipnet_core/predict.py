@@ -25,7 +25,7 @@ import torch
 
 from pipnet_core.confidence import ConfidenceModel, signals, unmirror
 from pipnet_core.crop import crop_image, from_crop
-from pipnet_core.data import ImageReadError, read_image
+from pipnet_core.images import ImageReadError, read_image
 from pipnet_core.decode import Decoded, decode
 from pipnet_core.meanface import NeighbourTable
 from pipnet_core.model import IMAGENET_MEAN, IMAGENET_STD, PIPNet, PIPOutputs, normalise_batch
@@ -197,7 +197,7 @@ class Predictor:
         Normalising here, in the reader threads, keeps that work off the model's thread.
         """
         try:
-            pixels = read_image(image) if isinstance(image, str | Path) else np.asarray(image)
+            pixels = read_image(image).rgb if isinstance(image, str | Path) else np.asarray(image)
             crop = crop_image(pixels, box, self.input_size)
         except (ImageReadError, ValueError) as exc:
             return str(exc)

@@ -4,7 +4,8 @@
 # Dask tests start their own LocalCluster.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh --labelstudio
+# PIPSTC_SKIP_SETUP=1 skips the (idempotent, ~20 s) set-up when .venv and .venv-labelstudio exist already
+[ "${PIPSTC_SKIP_SETUP:-}" = 1 ] || bash scripts/setup.sh --labelstudio
 
 export PIPSTC_LABEL_STUDIO_BIN="$PWD/.venv-labelstudio/bin/label-studio"
 WORK="$PWD/.work/test-$$"

@@ -8,7 +8,7 @@ not use, with the file, the line or field, and the reason. One bad row never cos
 
 The checks (:class:`ImportBuilder`): landmark count of the scheme, numeric values, NaN (where the
 format has no notion of a missing landmark), a missing or unreadable image, a duplicate sample (the
-same image bytes and box twice, see :mod:`annotations.ids`), landmarks far outside the image (more
+same image bytes and box twice, see :mod:`annotations.store.ids`), landmarks far outside the image (more
 than 50% of the image size beyond an edge, which points at swapped x/y or the wrong image).
 """
 
@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from annotations.ids import sample_id_from_digest
-from annotations.images import ImageReadError, read_image
-from annotations.schema import rejects_schema, samples_schema
+from annotations.store.ids import sample_id_from_digest
+from pipnet_core.images import ImageReadError, read_image
+from annotations.store.schema import rejects_schema, samples_schema
 from pipnet_core.crop import landmark_box as crop_landmark_box
 from pipnet_core.schemes import Scheme
 
@@ -80,11 +80,11 @@ class ImportResult:
     """What an importer found.
 
     Attributes:
-        samples: One row per face, the columns of :func:`annotations.schema.samples_schema`
+        samples: One row per face, the columns of :func:`annotations.store.schema.samples_schema`
             (``split`` is None unless the file gave one: the store assigns it).
         labels: One row per label: :data:`LABEL_COLUMNS`.
         landmarks: (R, N, 2) float32 image pixels aligned with ``labels`` rows; NaN = missing.
-        rejects: The columns of :func:`annotations.schema.rejects_schema`.
+        rejects: The columns of :func:`annotations.store.schema.rejects_schema`.
         extras: Optional per-sample fields a format carries beyond the store's columns (WFLW
             attributes, COCO visibility...), keyed by ``sample_id``; None when there are none.
     """

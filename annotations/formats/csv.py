@@ -30,7 +30,7 @@ from annotations.formats.common import (
     relative_name,
     resolve_image,
 )
-from annotations.schema import SPLITS
+from annotations.store.schema import SPLITS
 from pipnet_core.schemes import Scheme
 
 __all__ = ["csv_header", "read_csv", "write_csv"]

@@ -34,7 +34,7 @@ from annotations.formats.common import (
     format_float,
     parse_float,
 )
-from annotations.images import IMAGE_EXTENSIONS
+from pipnet_core.images import IMAGE_EXTENSIONS
 from pipnet_core.schemes import Scheme
 
 __all__ = ["read_pts", "read_pts_folder", "write_pts", "write_pts_file"]

@@ -5,7 +5,7 @@ Modules: :mod:`~annotations.review.config` (labeling config from a scheme),
 :mod:`~annotations.review.project` (project and image access), :mod:`~annotations.review.convert`
 (landmarks <-> result items), :mod:`~annotations.review.push`, :mod:`~annotations.review.pull`,
 :mod:`~annotations.review.status`, :mod:`~annotations.review.selection` (which faces),
-:mod:`~annotations.review.export_file` (no server: an import file), :mod:`~annotations.review.server`
+:mod:`~annotations.review.export_file` (no server: an import file), :mod:`~tools.labelstudio_server`
 (start a local Label Studio), :mod:`~annotations.review.cli_helpers` (CLI/flow entry points).
 
 Importing this package is cheap; the SDK is imported only to validate predictions.

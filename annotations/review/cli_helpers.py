@@ -16,7 +16,7 @@ from annotations.review.export_file import write_import_file
 from annotations.review.pull import pull_reviews
 from annotations.review.push import push_reviews
 from annotations.review.status import review_status
-from annotations.views import LabelView
+from annotations.store.views import LabelView
 
 __all__ = ["pull_if_configured", "push_or_export", "status_report"]
 

@@ -23,7 +23,7 @@ from annotations.review.client import ENV_DOCUMENT_ROOT, ENV_TOKEN, ENV_URL
 from annotations.review.config import labeling_config
 from annotations.review.project import ImageAccess, _local_path, default_title
 from annotations.review.tasks import build_task, collect_items, validate_tasks
-from annotations.views import LabelView
+from annotations.store.views import LabelView
 
 __all__ = ["ExportReport", "write_import_file"]
 

@@ -43,7 +43,7 @@ from annotations.review.config import labeling_config
 from annotations.review.project import ImageAccess, ReviewProject, ensure_image_access, ensure_project
 from annotations.review.refresh import open_older_reviews, refresh_open_tasks
 from annotations.review.tasks import ReviewItem, Selection, build_task, collect_items, validate_tasks
-from annotations.views import LabelView
+from annotations.store.views import LabelView
 
 __all__ = ["SETTING_PENDING", "PushReport", "existing_tasks", "push_reviews"]
 

@@ -36,7 +36,7 @@ import pandas as pd
 from annotations.review.client import LabelStudioClient, ReviewRequestError, ReviewUnavailable
 from annotations.review.config import labeling_config
 from annotations.review.tasks import ReviewItem, build_prediction, refresh_items, validate_tasks
-from annotations.views import LabelView
+from annotations.store.views import LabelView
 
 __all__ = ["RefreshResult", "open_older_reviews", "refresh_open_tasks"]
 

@@ -8,7 +8,7 @@ from annotations.review.client import LabelStudioClient
 from annotations.review.project import SETTING_PROJECT_ID, SETTING_URL
 from annotations.review.pull import SETTING_PULL
 from annotations.review.push import SETTING_PENDING
-from annotations.schema import REVIEW_STATUSES
+from annotations.store.schema import REVIEW_STATUSES
 
 __all__ = ["review_status", "status"]
 

@@ -25,7 +25,7 @@ from annotations.review.client import ReviewConfigError
 from annotations.review.config import IMAGE_NAME
 from annotations.review.convert import prediction
 from annotations.review.project import ImageAccess, image_location
-from annotations.views import LabelView
+from annotations.store.views import LabelView
 from pipnet_core.schemes import Scheme
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 The server is started from its own virtual environment (``$PIPSTC_LABEL_STUDIO_BIN``, else
 ``.venv-labelstudio/bin/label-studio`` under the repository root) by
-:func:`annotations.review.server.start_label_studio`: 127.0.0.1, a free port, a fresh 40-hex legacy
+:func:`tools.labelstudio_server.start_label_studio`: 127.0.0.1, a free port, a fresh 40-hex legacy
 token, local files served from a document root in the session's temporary folder. The first session
 on a machine migrates a fresh database (~45-70 s on two busy cores) and caches it under
 ``.work/ls-template/<version>``; later sessions copy that and are up in ~5 s.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from annotations.review.server import (
+from tools.labelstudio_server import (
     LabelStudioServer,
     ServerStartError,
     find_label_studio_binary,

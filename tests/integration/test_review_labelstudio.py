@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 import annotations.review.pull as pull_module
-from annotations.ids import sample_id
+from annotations.store.ids import sample_id
 from annotations.review.client import (
     ENV_TOKEN,
     LabelStudioClient,
@@ -30,7 +30,7 @@ from annotations.review.export_file import write_import_file
 from annotations.review.project import ImageAccess, _config_labels, default_title
 from annotations.review.pull import pull_reviews
 from annotations.review.push import push_reviews
-from annotations.review.server import LabelStudioServer
+from tools.labelstudio_server import LabelStudioServer
 from annotations.review.status import review_status
 from annotations.store import Store
 from pipnet_core.schemes import get_scheme

@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from annotations._fs import PAUSE_ENV
-from annotations._lock import LOCK_NAME, writer_lock
+from annotations.store._fs import PAUSE_ENV
+from annotations.store._lock import LOCK_NAME, writer_lock
 from annotations.store import CorruptFile, Store, StoreLocked
 from pipnet_core.schemes import get_scheme
 

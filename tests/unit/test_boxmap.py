@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from annotations.boxmap import BoxMapping, fit_box_mapping, iou_matrix, match_boxes
-from annotations.detect import create_detector
+from annotations.ingest.boxmap import BoxMapping, fit_box_mapping, iou_matrix, match_boxes
+from annotations.ingest.detect import create_detector
 from annotations.formats.common import landmark_boxes
-from annotations.synthetic import DOMAINS, iter_faces
+from synthetic_faces import DOMAINS, iter_faces
 
 
 def random_boxes(rng: np.random.Generator, m: int) -> np.ndarray:

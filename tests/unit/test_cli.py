@@ -12,7 +12,7 @@ import pytest
 
 from annotations.formats.pts import read_pts
 from annotations.store import Store
-from annotations.synthetic import DOMAINS, write_dataset
+from synthetic_faces import DOMAINS, write_dataset
 from flows.cli import build_parser, main
 
 

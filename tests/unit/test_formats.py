@@ -32,7 +32,7 @@ from annotations.formats import (
     write_pts_file,
     write_wflw,
 )
-from annotations.schema import landmarks_to_arrow, rejects_schema, samples_schema
+from annotations.store.schema import landmarks_to_arrow, rejects_schema, samples_schema
 from pipnet_core.schemes import get_scheme
 
 S68 = get_scheme("300w")

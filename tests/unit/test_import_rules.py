@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = {
     "pipnet_core": {"prefect", "label_studio_sdk", "pandas"},
     "annotations": {"torch"},
+    "synthetic_faces": {"torch", "prefect", "label_studio_sdk"},
 }
 
 

@@ -13,14 +13,14 @@ import pyarrow as pa
 import pytest
 from PIL import Image, ImageOps
 
-from annotations.boxmap import iou_matrix
-from annotations.detect import create_detector, detect_faces
+from annotations.ingest.boxmap import iou_matrix
+from annotations.ingest.detect import create_detector, detect_faces
 from annotations.formats.common import landmark_boxes
-from annotations.ids import SAMPLE_ID_LENGTH, sample_id
-from annotations.images import ImageReadError, decode_image, read_image
-from annotations.pool import build_pool, list_pool_files
-from annotations.schema import rejects_schema, samples_schema
-from annotations.synthetic import DOMAINS, iter_faces, write_dataset
+from annotations.store.ids import SAMPLE_ID_LENGTH, sample_id
+from pipnet_core.images import ImageReadError, decode_image, read_image
+from annotations.ingest.pool import build_pool, list_pool_files
+from annotations.store.schema import rejects_schema, samples_schema
+from synthetic_faces import DOMAINS, iter_faces, write_dataset
 
 
 def _pattern(h: int = 30, w: int = 40) -> np.ndarray:

@@ -10,7 +10,8 @@ from tiny_faces import draw_faces
 
 from pipnet_core.confidence import ConfidenceModel
 from pipnet_core.crop import crop_image, from_crop
-from pipnet_core.data import FaceDataset, read_image
+from pipnet_core.data import FaceDataset
+from pipnet_core.images import read_image
 from pipnet_core.predict import Predictor
 from pipnet_core.schemes import get_scheme
 from pipnet_core.train import TrainConfig, set_checkpoint_confidence, train
@@ -47,9 +48,9 @@ def test_arrays_and_paths_give_the_same_result(setup: tuple) -> None:
     ckpt, paths, boxes = setup
     predictor = Predictor.from_checkpoint(ckpt, backend="onnx")
     from_paths = predictor.predict(paths, boxes)
-    from_arrays = predictor.predict([read_image(p) for p in paths], boxes, batch_size=5)
+    from_arrays = predictor.predict([read_image(p).rgb for p in paths], boxes, batch_size=5)
     np.testing.assert_allclose(from_paths.landmarks, from_arrays.landmarks, atol=1e-4)
-    crops = np.stack([crop_image(read_image(p), b, 64) for p, b in zip(paths, boxes, strict=True)])
+    crops = np.stack([crop_image(read_image(p).rgb, b, 64) for p, b in zip(paths, boxes, strict=True)])
     norm, _ = predictor.predict_crops(crops)
     np.testing.assert_allclose(from_paths.landmarks_norm, norm, atol=1e-6)
 

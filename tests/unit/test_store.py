@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from annotations._lock import LOCK_NAME, writer_lock
-from annotations.schema import SCHEMA_VERSION, labels_schema
-from annotations.splits import assign_split, assign_splits, split_fraction
+from annotations.store._lock import LOCK_NAME, writer_lock
+from annotations.store.schema import SCHEMA_VERSION, labels_schema
+from annotations.store.splits import assign_split, assign_splits, split_fraction
 from annotations.store import (
     CorruptFile,
     HoldoutLeak,

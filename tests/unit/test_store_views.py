@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from annotations.store import HoldoutLeak, Store
-from annotations.views import LabelView, choose_current, gather_fixed, latest_per_group
+from annotations.store.views import LabelView, choose_current, gather_fixed, latest_per_group
 from pipnet_core.schemes import scheme_from_dict
 
 N = 4

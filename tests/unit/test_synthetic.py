@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from annotations.formats import read_pts_folder
-from annotations.synthetic import (
+from synthetic_faces import (
     DOMAINS,
     NUM_LANDMARKS,
     DomainConfig,

@@ -8,7 +8,7 @@ downscaled to at most ``max_side`` first and the boxes scaled back. OpenCV's Haa
 many false positives, and no calibrated score (``score`` is None).
 
 Boxes are (x0, y0, x1, y1) in pixels of the image given. Their convention is the detector's own;
-:mod:`annotations.boxmap` maps them to the crop convention the model trains on.
+:mod:`annotations.ingest.boxmap` maps them to the crop convention the model trains on.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from annotations._errors import StoreError
-from annotations.schema import (
+from annotations.store.errors import StoreError
+from annotations.store.schema import (
     LABEL_SOURCES,
     LEVELS,
     REVIEW_STATUSES,
@@ -28,7 +28,7 @@ from annotations.schema import (
     reviews_schema,
     samples_schema,
 )
-from annotations.splits import DEFAULT_SPLITS, assign_splits
+from annotations.store.splits import DEFAULT_SPLITS, assign_splits
 
 __all__ = [
     "LABEL_ID_FIELDS",
@@ -245,7 +245,7 @@ def label_table(
 
 
 def samples_table(frame: pd.DataFrame, holdout_fraction: float, default_split: str) -> pa.Table:
-    """Validated sample rows; a missing split is assigned from the id (see :mod:`annotations.splits`)."""
+    """Validated sample rows; a missing split is assigned from the id (see :mod:`annotations.store.splits`)."""
     what = "add_samples"
     if default_split not in DEFAULT_SPLITS:
         raise StoreError(f"{what}: default_split must be one of {DEFAULT_SPLITS}, got {default_split!r}")

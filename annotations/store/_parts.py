@@ -20,9 +20,9 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from annotations._errors import CorruptFile
-from annotations._fs import StoreFS, is_hidden
-from annotations.schema import LABEL_SOURCES, SchemaMismatch, check_table_schema, table_schema
+from annotations.store.errors import CorruptFile
+from annotations.store._fs import StoreFS, is_hidden
+from annotations.store.schema import LABEL_SOURCES, SchemaMismatch, check_table_schema, table_schema
 
 __all__ = ["TABLES", "Part", "PartReader"]
 

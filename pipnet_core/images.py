@@ -13,6 +13,7 @@ matplotlib already requires.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +21,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from annotations.ids import image_digest
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "DecodedImage",
     "ImageReadError",
     "decode_image",
+    "image_digest",
     "is_image_path",
     "read_image",
 ]
@@ -49,13 +50,18 @@ class DecodedImage:
         rgb: (H, W, 3) uint8, RGB, upright (EXIF orientation applied).
         width: W of the upright image in pixels.
         height: H of the upright image in pixels.
-        digest: sha256 hex of the file bytes (see :func:`annotations.ids.image_digest`).
+        digest: sha256 hex of the file bytes (:func:`image_digest`; part of the sample id).
     """
 
     rgb: np.ndarray
     width: int
     height: int
     digest: str
+
+
+def image_digest(image_bytes: bytes) -> str:
+    """The sha256 hex digest of an image file's bytes (compute once per image, reuse for every face)."""
+    return hashlib.sha256(image_bytes).hexdigest()
 
 
 def is_image_path(path: str | Path) -> bool:

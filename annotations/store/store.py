@@ -1,6 +1,6 @@
 """The label store: every sample, label, pseudo-label, correction and review of a project, in Parquet.
 
-Layout (DESIGN.md section 3), at a local folder or any pyarrow/fsspec URL (:mod:`annotations._fs`)::
+Layout (DESIGN.md section 3), at a local folder or any pyarrow/fsspec URL (:mod:`annotations.store._fs`)::
 
     <store>/store.json                                 scheme, schema version, created_at, settings
     <store>/samples/part-*.parquet
@@ -11,10 +11,10 @@ Layout (DESIGN.md section 3), at a local folder or any pyarrow/fsspec URL (:mod:
 
 Guarantees:
 
-* Append-only, atomic writes (temporary file + rename), one writer at a time (:mod:`annotations._lock`);
-  readers only see committed ``part-*.parquet`` files (:mod:`annotations._parts`).
+* Append-only, atomic writes (temporary file + rename), one writer at a time (:mod:`annotations.store._lock`);
+  readers only see committed ``part-*.parquet`` files (:mod:`annotations.store._parts`).
 * Retried writes are no-ops: samples dedupe on ``sample_id``, labels on ``label_id`` (deterministic,
-  :data:`annotations._convert.LABEL_ID_FIELDS`), reviews and rejects on their natural keys. A batch
+  :data:`annotations.store._convert.LABEL_ID_FIELDS`), reviews and rejects on their natural keys. A batch
   spanning several ``(round, source)`` partitions commits partition by partition; rerunning it after
   a crash writes what is missing.
 * The holdout never leaks: pseudo-labels, corrections and reviews of holdout samples are refused
@@ -36,7 +36,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from annotations._convert import (
+from annotations.store._convert import (
     REJECT_KEY,
     REVIEW_KEY,
     examples,
@@ -48,7 +48,7 @@ from annotations._convert import (
     reviews_table,
     samples_table,
 )
-from annotations._errors import (
+from annotations.store.errors import (
     CorruptFile,
     HoldoutLeak,
     RoundFileMissing,
@@ -56,14 +56,14 @@ from annotations._errors import (
     StoreError,
     StoreLocked,
 )
-from annotations._fs import StoreFS, is_hidden
-from annotations._lock import writer_lock
-from annotations._meta import META_NAME, new_meta, read_meta, write_meta
-from annotations._parts import TABLES, Part, PartReader
-from annotations.rounds import RoundBook
-from annotations.schema import LABEL_SOURCES, SPLITS
-from annotations.splits import assign_split
-from annotations.views import (
+from annotations.store._fs import StoreFS, is_hidden
+from annotations.store._lock import writer_lock
+from annotations.store._meta import META_NAME, new_meta, read_meta, write_meta
+from annotations.store._parts import TABLES, Part, PartReader
+from annotations.store.rounds import RoundBook
+from annotations.store.schema import LABEL_SOURCES, SPLITS
+from annotations.store.splits import assign_split
+from annotations.store.views import (
     LabelView,
     build_view,
     choose_current,
@@ -105,7 +105,7 @@ class Store(RoundBook):
     Attributes:
         url: The store's address (an absolute local path, or the URL it was opened with).
         scheme: The landmark scheme of every label in the store.
-        holdout_fraction: Share of samples that :func:`annotations.splits.assign_split` sets aside.
+        holdout_fraction: Share of samples that :func:`annotations.store.splits.assign_split` sets aside.
     """
 
     def __init__(self, sfs: StoreFS, meta: dict[str, Any]) -> None:

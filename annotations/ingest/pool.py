@@ -1,13 +1,13 @@
 """Unlabeled pools: a folder of images becomes pool samples, one per face.
 
-Every image of any common type (see :mod:`annotations.images`: JPEG, PNG, BMP, TIFF, WebP;
+Every image of any common type (see :mod:`pipnet_core.images`: JPEG, PNG, BMP, TIFF, WebP;
 grayscale, 16-bit, RGBA, EXIF-rotated) is decoded, its faces are found by the embedded detector
-(:mod:`annotations.detect`) or read from a box file, and each face becomes a sample with its box,
+(:mod:`annotations.ingest.detect`) or read from a box file, and each face becomes a sample with its box,
 ``box_source`` (``detector:<name>`` or ``given``) and detector score. Images without a face,
 corrupt files and files that are not images are rejects with the reason; nothing is silently
 skipped except hidden files and label sidecars (``.pts`` beside 300W images).
 
-Sample ids are content hashes of the image bytes and the box (:mod:`annotations.ids`), so building
+Sample ids are content hashes of the image bytes and the box (:mod:`annotations.store.ids`), so building
 the same folder twice gives the same ids and the store adds nothing the second time.
 
 Box files: CSV with the header ``image,x0,y0,x1,y1[,score]``, or JSON, a list of
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from annotations.detect import Detection, create_detector
+from annotations.ingest.detect import Detection, create_detector
 from annotations.formats.common import FormatError, ImageInfo, ImportBuilder, ImportResult, RowError, parse_float
-from annotations.images import ImageReadError, decode_image, is_image_path
+from pipnet_core.images import ImageReadError, decode_image, is_image_path
 from pipnet_core.schemes import Scheme
 
 __all__ = ["BoxEntry", "build_pool", "list_pool_files", "read_boxes_file"]
@@ -161,7 +161,7 @@ def build_pool(
 
     Raises:
         FormatError: the folder or box file cannot be used at all.
-        annotations.detect.DetectorUnavailable: the detector cannot run here.
+        annotations.ingest.detect.DetectorUnavailable: the detector cannot run here.
     """
     root = Path(folder)
     candidates = [Path(f) for f in files] if files is not None else list_pool_files(root, recursive)

@@ -1,6 +1,6 @@
 """Parametric 3D layout of the 68 landmarks (300W order) for the synthetic faces: shape, pose, projection.
 
-Private to :mod:`annotations.synthetic`. The frontal x/y layout is the official 300W mean face of
+Private to :mod:`synthetic_faces.generator`. The frontal x/y layout is the official 300W mean face of
 PIPNet (``get_scheme("300w").meanface_array``), made left-right symmetric; depths are hand-set to
 typical adult proportions, not fitted to a 3D face model: nose tip about a quarter face width in
 front of the eye corners, jaw angles about 0.4 behind. Units are face

@@ -16,7 +16,7 @@ about 5 s. :func:`start_label_studio` makes such a template from its first healt
 
 Example (a local review server for a store whose images lie in ``/data/photos/<folder>/``)::
 
-    from annotations.review.server import start_label_studio
+    from tools.labelstudio_server import start_label_studio
     server = start_label_studio("/tmp/ls", document_root="/data/photos")
     # export PIPSTC_LABEL_STUDIO_URL=<server.url> PIPSTC_LABEL_STUDIO_TOKEN=<server.token>
     #        PIPSTC_LABEL_STUDIO_DOCUMENT_ROOT=/data/photos, then `pipstc review push|pull`
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 # Fresh data dirs took up to 67 s under CPU contention (LABEL_STUDIO.md 2.3); 240 s leaves room for a
 # machine that is busier still without letting a dead start hang a test session forever.
 DEFAULT_STARTUP_BUDGET_S = 240.0
-_REPO_ROOT = Path(__file__).resolve().parents[2]
+_REPO_ROOT = Path(__file__).resolve().parents[1]
 _STRAY_ENV = ("USERNAME", "PASSWORD", "HOST", "PORT", "DEBUG")  # LABEL_STUDIO.md pitfall 8
 _DB_NAME = "label_studio.sqlite3"
 

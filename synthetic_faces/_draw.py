@@ -1,6 +1,6 @@
 """Drawing of the synthetic faces: OpenCV primitives at 1/16 px, colours, backgrounds, features, occluders, light.
 
-Private to :mod:`annotations.synthetic`. Every feature is drawn from the landmarks so that each
+Private to :mod:`synthetic_faces.generator`. Every feature is drawn from the landmarks so that each
 landmark sits on something visible: jaw landmarks on the outline of the skin polygon, brows on the
 centre line of thick strokes, eye landmarks on the lid lines and dark canthi, nose landmarks on the
 ridge and the dark lower nose line, mouth landmarks on the lip contours and dark commissures.
@@ -16,7 +16,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from annotations._synth_shape import BROW_L, BROW_R, EYE_L, EYE_R, JAW, NOSE_LOW, NUM_LANDMARKS, curve
+from synthetic_faces._shape import BROW_L, BROW_R, EYE_L, EYE_R, JAW, NOSE_LOW, NUM_LANDMARKS, curve
 
 SHIFT = 4  # cv2 drawing with 4 fractional bits: 1/16 px precision
 _ONE = 1 << SHIFT

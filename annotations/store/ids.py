@@ -13,15 +13,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pipnet_core.images import image_digest  # the image half of the id; re-exported
+
 __all__ = ["SAMPLE_ID_LENGTH", "image_digest", "sample_id", "sample_id_from_digest"]
 
 # 24 hex chars = 96 bits: collisions stay negligible far beyond any labeling pool (birthday bound ~2^48).
 SAMPLE_ID_LENGTH = 24
-
-
-def image_digest(image_bytes: bytes) -> str:
-    """The sha256 hex digest of an image file's bytes (compute once per image, reuse for every face)."""
-    return hashlib.sha256(image_bytes).hexdigest()
 
 
 def _box_key(box: Sequence[float]) -> str:

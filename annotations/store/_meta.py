@@ -10,9 +10,9 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from annotations._errors import CorruptFile, SchemaVersionError, StoreError
-from annotations._fs import StoreFS
-from annotations.schema import SCHEMA_VERSION
+from annotations.store.errors import CorruptFile, SchemaVersionError, StoreError
+from annotations.store._fs import StoreFS
+from annotations.store.schema import SCHEMA_VERSION
 from pipnet_core.schemes import Scheme, SchemeError, scheme_from_dict
 
 __all__ = ["FORMAT", "META_NAME", "new_meta", "read_meta", "write_meta"]

@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from annotations.schema import SOURCE_PRIORITY, SPLITS, labels_schema
+from annotations.store.schema import SOURCE_PRIORITY, SPLITS, labels_schema
 
 __all__ = [
     "LIST_COLUMNS",

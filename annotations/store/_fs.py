@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from annotations._errors import StoreError
+from annotations.store.errors import StoreError
 
 __all__ = ["PAUSE_ENV", "TMP_PREFIX", "StoreFS", "is_hidden", "unique_name"]
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from annotations._synth_draw import (
+from synthetic_faces._draw import (
     HAIR,
     Face,
     background,
@@ -42,7 +42,7 @@ from annotations._synth_draw import (
     shade,
     skin_colour,
 )
-from annotations._synth_shape import NUM_LANDMARKS, facing, project, rotation, vary_shape
+from synthetic_faces._shape import NUM_LANDMARKS, facing, project, rotation, vary_shape
 from annotations.formats.pts import write_pts_file
 
 __all__ = ["DOMAINS", "NUM_LANDMARKS", "DomainConfig", "generate_batch", "generate_face", "iter_faces", "write_dataset"]
