@@ -4,7 +4,7 @@ Everything here reads a store a benchmark round wrote and the generator's truth;
 The confidence signals come from :class:`pipnet_core.predict.Predictor` (score peak, neighbour-vote
 spread, coarse/fine agreement, flip disagreement; DESIGN.md section 4); the combined confidence is
 :class:`pipnet_core.confidence.ConfidenceModel`, fitted on the calibration half of the holdout that
-``flows.steps.evaluate_round`` uses and measured on the other half.
+``flows.evaluation.evaluate_round`` uses and measured on the other half.
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from annotations.ingest.boxmap import BoxMapping
 from annotations.formats.pts import read_pts
+from annotations.ingest.boxmap import BoxMapping
+from annotations.ingest.crops import inference_crop_boxes
 from annotations.review.selection import pose_descriptor, select_for_review
 from annotations.store import Store
-from flows import steps
+from flows.checkpoints import checkpoint_path
 from flows.config import STCConfig
+from flows.evaluation import calibration_half
 from pipnet_core.confidence import ConfidenceModel, spearman
 from pipnet_core.metrics import landmark_errors, nme
 from pipnet_core.predict import Prediction, Predictor
@@ -60,8 +62,8 @@ def _predict(
 ) -> Prediction:
     """Round k's model on ``samples`` with the crops evaluate_round / label_shard would use."""
     d = store.read_round_json(k, "boxmap.json", default=None)
-    boxes = steps.inference_crop_boxes(samples, BoxMapping.from_dict(d) if d else BoxMapping.identity(), cfg.crop_scale)
-    predictor = Predictor.from_checkpoint(steps.checkpoint_path(store, k), backend=cfg.backend, confidence=confidence)
+    boxes = inference_crop_boxes(samples, BoxMapping.from_dict(d) if d else BoxMapping.identity(), cfg.crop_scale)
+    predictor = Predictor.from_checkpoint(checkpoint_path(store, k), backend=cfg.backend, confidence=confidence)
     return predictor.predict(samples["image_uri"].tolist(), boxes, batch_size=32, flip_tta=cfg.flip_tta)
 
 
@@ -99,7 +101,7 @@ def analyse_confidence(store: Store, k: int, cfg: STCConfig) -> dict[str, Any]:
     """How well confidence ranks real errors on the holdout, for round k's model.
 
     Mirrors evaluate_round: the combined ConfidenceModel (and each signal's own one-feature model) is
-    fitted on the calibration half of the holdout (``flows.steps.calibration_half``) and every number
+    fitted on the calibration half of the holdout (``flows.evaluation.calibration_half``) and every number
     is measured on the other half. "raw" columns rank by the signal itself (face: mean over landmarks),
     no fitting at all.
     """
@@ -111,7 +113,7 @@ def analyse_confidence(store: Store, k: int, cfg: STCConfig) -> dict[str, Any]:
     errors = landmark_errors(pr, gt, store.scheme)  # (B, N) NME units
     per_face = nme(pr, gt, store.scheme)  # (B,)
     sig = {n: np.asarray(v)[ok] for n, v in pred.signals.items()}
-    calib = steps.calibration_half(samples["sample_id"][ok])
+    calib = calibration_half(samples["sample_id"][ok])
     test = ~calib
 
     def on(mask: np.ndarray) -> dict[str, np.ndarray]:

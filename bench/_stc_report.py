@@ -298,7 +298,8 @@ def write_report(res: dict[str, Any], out: Path) -> Path:
         f"{res['rounds']} self-training rounds. The long supervised baseline trains {res['long_epochs']} epochs "
         f"(milestones {res['long_milestones']}) on the labeled faces only. `paper` and `plain` re-initialise each "
         "round (the paper); `confidence` fine-tunes from the previous round (its policy's default). The steps are "
-        "the plain functions of flows/steps.py, called directly (no Prefect orchestration, which would only add "
+        "the plain functions of flows/ and annotations/, called directly (no Prefect orchestration, which would only "
+        "add "
         "overhead to the timings).",
         "",
         "## Targets",

@@ -39,9 +39,9 @@ from annotations.review.client import LabelStudioClient, connect  # noqa: E402
 from annotations.review.project import ImageAccess  # noqa: E402
 from annotations.review.pull import pull_reviews  # noqa: E402
 from annotations.review.push import push_reviews  # noqa: E402
-from tools.labelstudio_server import start_label_studio  # noqa: E402
 from annotations.store import Store  # noqa: E402
 from pipnet_core.schemes import get_scheme  # noqa: E402
+from tools.labelstudio_server import start_label_studio  # noqa: E402
 
 
 class TimedTransport(httpx.BaseTransport):

@@ -17,7 +17,7 @@ Data (flows.demo.make_demo_data): a small labeled set in the ``studio`` domain, 
 the shifted ``wild`` domain (the paper's cross-domain setting, DESIGN.md section 7); the pool has
 simulated detector boxes and its truth kept aside. Round 0 is trained once in a base store, which is
 then copied per method; each method runs R self-training rounds. The steps are the plain functions of
-flows/steps.py (train_round, evaluate_round, plan_pool_shards + label_shard, select_review_candidates),
+flows/ (train_round, evaluate_round, label_shard) and annotations/ (plan_pool_shards, round_candidates),
 called directly: the Prefect flows (flows/stc.py) wrap exactly these, and their orchestration overhead
 would only blur the timings.
 
@@ -60,8 +60,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 from _stc_measure import analyse_confidence, analyse_review_value, pool_truth, pseudo_label_quality  # noqa: E402
 from _stc_report import write_report  # noqa: E402
 
+from annotations.review.candidates import round_candidates  # noqa: E402
 from annotations.store import Store  # noqa: E402
-from flows import steps  # noqa: E402
+from annotations.store.shards import plan_pool_shards  # noqa: E402
+from flows import checkpoints, evaluation, labeling, training  # noqa: E402
 from flows.config import STCConfig  # noqa: E402
 
 THREADS = 2
@@ -101,7 +103,7 @@ class Plan:
         # Supervised for as many epochs as round 0 plus all self-training rounds, schedule stretched alike.
         factor = self.rounds + 1
         self.long_cfg = self.cfg.replace(
-            epochs=self.cfg.epochs * factor, milestones=tuple(m * factor for m in self.cfg.milestones)
+            epochs=self.cfg.train.epochs * factor, milestones=tuple(m * factor for m in self.cfg.train.milestones)
         )
 
 
@@ -167,8 +169,8 @@ def ingest(url: str, paths: dict[str, Path], images: Path) -> None:
 def label_pool(url: str, k: int, cfg: STCConfig) -> int:
     """Pseudo-label the unlabeled pool with round k's model (the label-pool flow's shards, run in turn)."""
     labeled = 0
-    for shard in steps.plan_pool_shards(url, k, cfg.shard_size):
-        labeled += steps.label_shard(url, k, shard, cfg.to_json())["labeled"]
+    for shard in plan_pool_shards(Store.open(url), k, cfg.shard_size):
+        labeled += labeling.label_shard(url, k, shard, cfg.to_json())["labeled"]
     return labeled
 
 
@@ -178,7 +180,7 @@ def simulate_review(url: str, k: int, cfg: STCConfig, truth: dict[str, np.ndarra
     Stored as a real pull would store them (annotations/review/pull.py): a ``corrected`` label of the
     pseudo-label's round, ``parent_label_id`` = the pseudo-label, plus pushed/completed review events.
     """
-    ids = steps.select_review_candidates(url, k, cfg)
+    ids = round_candidates(Store.open(url), k, cfg.review_budget)
     if not ids:
         return 0
     store = Store.open(url)
@@ -189,7 +191,7 @@ def simulate_review(url: str, k: int, cfg: STCConfig, truth: dict[str, np.ndarra
             "sample_id": ids,
             "source": "corrected",
             "round": k,
-            "model_version": steps.model_version(k),
+            "model_version": checkpoints.model_version(k),
             "annotator": "simulated-reviewer",
             "parent_label_id": parent,
         }
@@ -243,8 +245,8 @@ def run_method(
     for k in range(plan.rounds + 1):
         row = rounds[k]
         if k > 0:
-            _, row["seconds"]["train"] = timed(steps.train_round, url, k, cfg, progress=False)
-            metrics, row["seconds"]["evaluate"] = timed(steps.evaluate_round, url, k, cfg)
+            _, row["seconds"]["train"] = timed(training.train_round, url, k, cfg, progress=False)
+            metrics, row["seconds"]["evaluate"] = timed(evaluation.evaluate_round, url, k, cfg)
             row.update(round_row(k, metrics))
             row["training_set"] = Store.open(url).read_round_json(k, "training_set.json")
         n, row["seconds"]["label_pool"] = timed(label_pool, url, k, cfg)
@@ -287,11 +289,11 @@ def run_label_control(ingested_url: str, method_url: str, work: Path, plan: Plan
     ids = [str(v) for v in corrected.frame["sample_id"]]
     rows = pd.DataFrame({"sample_id": ids, "source": "corrected", "round": 0, "annotator": "simulated-reviewer"})
     Store.open(url).add_labels(rows, corrected.landmarks)
-    steps.train_round(url, 0, plan.long_cfg, progress=False)
-    metrics = steps.evaluate_round(url, 0, plan.long_cfg)
+    training.train_round(url, 0, plan.long_cfg, progress=False)
+    metrics = evaluation.evaluate_round(url, 0, plan.long_cfg)
     return {
         **round_row(0, metrics),
-        "epochs": plan.long_cfg.epochs,
+        "epochs": plan.long_cfg.train.epochs,
         "faces_added": len(rows),
         "per_face": holdout_per_face(url, 0),
     }
@@ -305,7 +307,7 @@ def run(plan: Plan, work: Path, out: Path, command: str) -> dict[str, Any]:
     torch.set_num_threads(THREADS)
     log = Clock()
     log(f"{plan.mode} run: labeled {plan.labeled} studio faces, holdout {plan.holdout} + pool {plan.pool} wild faces, "
-        f"{plan.rounds} self-training rounds x {plan.cfg.epochs} epochs; work dir {work}")  # fmt: skip
+        f"{plan.rounds} self-training rounds x {plan.cfg.train.epochs} epochs; work dir {work}")  # fmt: skip
     images = work / "images"
     paths, t_data = timed(make_demo_data, images, (plan.labeled, plan.holdout, plan.pool), plan.seed)
     base_url, long_url = str(work / "store-base"), str(work / "store-supervised-long")
@@ -317,15 +319,15 @@ def run(plan: Plan, work: Path, out: Path, command: str) -> dict[str, Any]:
     log(f"data {t_data:.0f} s; {len(truth)} pool faces with truth")
 
     timings: dict[str, float] = {"data": t_data}
-    _, timings["round0_train"] = timed(steps.train_round, base_url, 0, plan.cfg, progress=False)
-    metrics0, timings["round0_evaluate"] = timed(steps.evaluate_round, base_url, 0, plan.cfg)
+    _, timings["round0_train"] = timed(training.train_round, base_url, 0, plan.cfg, progress=False)
+    metrics0, timings["round0_evaluate"] = timed(evaluation.evaluate_round, base_url, 0, plan.cfg)
     base_row = round_row(0, metrics0)
-    log(f"round 0 (supervised, {plan.cfg.epochs} epochs): holdout NME {metrics0['nme']:.4f} "
+    log(f"round 0 (supervised, {plan.cfg.train.epochs} epochs): holdout NME {metrics0['nme']:.4f} "
         f"FR {metrics0['fr@0.1']:.3f} ({timings['round0_train']:.0f} s training)")  # fmt: skip
 
-    _, timings["long_train"] = timed(steps.train_round, long_url, 0, plan.long_cfg, progress=False)
-    metrics_long = steps.evaluate_round(long_url, 0, plan.long_cfg)
-    log(f"supervised, {plan.long_cfg.epochs} epochs: holdout NME {metrics_long['nme']:.4f} "
+    _, timings["long_train"] = timed(training.train_round, long_url, 0, plan.long_cfg, progress=False)
+    metrics_long = evaluation.evaluate_round(long_url, 0, plan.long_cfg)
+    log(f"supervised, {plan.long_cfg.train.epochs} epochs: holdout NME {metrics_long['nme']:.4f} "
         f"FR {metrics_long['fr@0.1']:.3f} ({timings['long_train']:.0f} s training)")  # fmt: skip
 
     methods: dict[str, Any] = {}
@@ -339,7 +341,8 @@ def run(plan: Plan, work: Path, out: Path, command: str) -> dict[str, Any]:
         t = time.perf_counter()
         controls[method.key] = run_label_control(ingested_url, methods[method.key]["url"], work, plan, method.key)
         timings[f"control:{method.key}"] = time.perf_counter() - t
-        log(f"supervised, {plan.long_cfg.epochs} epochs, + the {controls[method.key]['faces_added']} faces corrected "
+        log(f"supervised, {plan.long_cfg.train.epochs} epochs, + the {controls[method.key]['faces_added']} faces "
+            "corrected "
             f"in {method.key}: holdout NME {controls[method.key]['nme']:.4f}")  # fmt: skip
 
     log("analysing confidence (holdout) and review value (pool)")
@@ -363,13 +366,13 @@ def run(plan: Plan, work: Path, out: Path, command: str) -> dict[str, Any]:
         "seed": plan.seed,
         "threads": THREADS,
         "config": plan.cfg.to_dict(),
-        "long_epochs": plan.long_cfg.epochs,
-        "long_milestones": list(plan.long_cfg.milestones),
+        "long_epochs": plan.long_cfg.train.epochs,
+        "long_milestones": list(plan.long_cfg.train.milestones),
         "baselines": {
-            "supervised": {**base_row, "epochs": plan.cfg.epochs, "per_face": holdout_per_face(base_url, 0)},
+            "supervised": {**base_row, "epochs": plan.cfg.train.epochs, "per_face": holdout_per_face(base_url, 0)},
             "supervised-long": {
                 **round_row(0, metrics_long),
-                "epochs": plan.long_cfg.epochs,
+                "epochs": plan.long_cfg.train.epochs,
                 "per_face": holdout_per_face(long_url, 0),
             },
         },  # fmt: skip

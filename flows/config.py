@@ -1,36 +1,47 @@
-"""Configuration of an STC run: one frozen dataclass, resolved and written beside every round.
+"""Configuration of an STC run: the round settings, composing the training settings, written beside every round.
 
-Defaults follow the official PIPNet GSSL setting (PIPNET_SPEC.md sections 9 and 12): ResNet-18,
-256 input, stride 32, 10 neighbours, 60 epochs, batch 16, Adam 1e-4, the 1.3 landmark-box crop.
-``demo()`` and ``tiny()`` are smaller configurations of the same code for this 2-core machine.
+:class:`STCConfig` holds what a round decides (curriculum, crops, pool labeling, review) and composes
+:class:`pipnet_core.config.TrainConfig` for everything training needs, so every training setting
+(weight decay, augmentation, device, ...) can be set per round and is written to the round's
+``config.json``. Defaults follow the official PIPNet GSSL setting (docs/algorithm.md sections 2 and
+3): ResNet-18, 256 input, stride 32, 10 neighbours, 60 epochs, batch 16, Adam 1e-4, the 1.3
+landmark-box crop. ``demo()`` and ``tiny()`` are smaller configurations of the same code for a
+2-core machine.
+
+In dicts and JSON files the training settings sit under ``"train"``; flat training keys
+(``{"epochs": 30}``) are accepted too, as overrides and in config files of older stores.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from pipnet_core.augment import AugmentConfig
+from pipnet_core.config import TrainConfig
+from pipnet_core.curriculum import CurriculumPolicy, create_policy
+
 __all__ = ["STCConfig"]
+
+_TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def _train_from(value: Any) -> TrainConfig:
+    if isinstance(value, TrainConfig):
+        return value
+    if isinstance(value, dict):
+        return TrainConfig.from_dict(value)
+    raise TypeError(f"train must be a TrainConfig or a dict of its fields, got {type(value).__name__}")
 
 
 @dataclass(frozen=True)
 class STCConfig:
-    # --- model and training (PIPNET_SPEC.md section 9)
-    backbone: str = "resnet18"
-    base_width: int = 64  # 64 = the real ResNet; smaller widths are for demos and tests
-    input_size: int = 256  # the official crop size
-    net_stride: int = 32  # 8x8 grid at 256: the paper's setting
-    num_nb: int = 10  # neighbours per landmark (NRM)
-    epochs: int = 60  # per round, retrained from scratch in the paper
-    batch_size: int = 16
-    lr: float = 1e-4
-    milestones: tuple[int, ...] = (30, 50)
-    num_workers: int = 2  # data loader workers; 2 cores here
-    imagenet_weights: str | None = None  # a torchvision-format ResNet state dict file; nothing is downloaded
-    crop_scale: float = 1.3  # GSSL 300W crop: landmark box x1.3 (PIPNET_SPEC.md section 7)
-    seed: int = 0
+    # --- training (pipnet_core.config.TrainConfig): model, optimiser, epochs, augmentation, device, seed.
+    # A round trains with seed train.seed + k and, when it warm-starts, init_from = the last round's model.
+    train: TrainConfig = field(default_factory=TrainConfig)
+    crop_scale: float = 1.3  # GSSL 300W crop: landmark box x1.3 (docs/algorithm.md section 2.1)
     # --- the curriculum (pipnet_core.curriculum)
     schedule: str = "paper"  # paper | confidence | plain
     warm_start: bool | None = None  # None: the schedule's own choice (paper: from scratch)
@@ -39,9 +50,9 @@ class STCConfig:
     cls3_below: float = 0.15
     # --- pool labeling
     shard_size: int = 256  # faces per shard task
-    max_workers: int = 2  # bounded thread runner: the default one is unbounded (PREFECT.md section 3)
+    max_workers: int = 2  # bounded thread runner: Prefect's default one is unbounded
     dask_address: str | None = None  # an existing Dask scheduler, e.g. tcp://10.0.0.5:8786
-    backend: str = "onnx"  # ONNX Runtime: ~90% of the FMA peak vs ~50% for torch eager (CPU_SPEED.md)
+    backend: str = "onnx"  # ONNX Runtime: ~90% of the FMA peak vs ~50% for torch eager (bench/RESULTS.md)
     flip_tta: bool = True  # flip disagreement is one of the confidence signals
     # --- review
     review_budget: float = 0.05  # share of the pool sent to people per round
@@ -54,38 +65,65 @@ class STCConfig:
         lr 1e-3 rather than the official 1e-4: from random init (no ImageNet file here) with 30 epochs
         instead of 60, 1e-4 barely moves a small net (measured in tests/unit/test_train.py's overfit test).
         """
-        base = dict(
-            base_width=16, input_size=128, net_stride=16, epochs=30, milestones=(20, 27), batch_size=16, lr=1e-3
-        )
-        return dataclasses.replace(cls(), **(base | overrides))
+        train = dict(base_width=16, input_size=128, net_stride=16, epochs=30, milestones=(20, 27), batch_size=16,
+                     lr=1e-3)  # fmt: skip
+        return cls().replace(**train).replace(**overrides)
 
     @classmethod
     def tiny(cls, **overrides: Any) -> STCConfig:
         """Tests: seconds per round."""
-        base = dict(
-            base_width=8, input_size=64, net_stride=16, epochs=2, milestones=(1,), batch_size=8, lr=1e-3,
-            num_workers=0, shard_size=16, flip_tta=False, backend="torch",
-        )  # fmt: skip
-        return dataclasses.replace(cls(), **(base | overrides))
+        train = dict(base_width=8, input_size=64, net_stride=16, epochs=2, milestones=(1,), batch_size=8, lr=1e-3,
+                     num_workers=0)  # fmt: skip
+        return cls().replace(**train, shard_size=16, flip_tta=False, backend="torch").replace(**overrides)
 
     def replace(self, **overrides: Any) -> STCConfig:
-        return dataclasses.replace(self, **overrides)
+        """A copy with ``overrides``; training fields may be given flat (``epochs=30``) or as ``train=``."""
+        train = self.train
+        if "train" in overrides:
+            train = _train_from(overrides.pop("train"))
+        flat = {k: overrides.pop(k) for k in list(overrides) if k in _TRAIN_FIELDS}
+        if flat:
+            if "milestones" in flat:
+                flat["milestones"] = tuple(int(m) for m in flat["milestones"])
+            if isinstance(flat.get("augment"), dict):
+                flat["augment"] = AugmentConfig(**flat["augment"])
+            train = dataclasses.replace(train, **flat)
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown STC config field(s) {unknown}; round fields: {sorted(known - {'train'})}, "
+                f"training fields: {sorted(_TRAIN_FIELDS)}"
+            )
+        return dataclasses.replace(self, train=train, **overrides)
+
+    def policy(self) -> CurriculumPolicy:
+        """The curriculum policy of :attr:`schedule` with this config's thresholds."""
+        if self.schedule == "confidence":
+            return create_policy(
+                "confidence", std_below=self.std_below, cls2_below=self.cls2_below, cls3_below=self.cls3_below
+            )
+        return create_policy(self.schedule)
+
+    def warm_starts(self) -> bool:
+        """Whether rounds k >= 1 start from round k-1's weights (:attr:`warm_start`, else the schedule's choice)."""
+        return (not self.policy().reinitialise) if self.warm_start is None else self.warm_start
+
+    def round_train(self, k: int, init_from: str | None = None) -> TrainConfig:
+        """The training settings of round k: seed ``train.seed + k``; ``init_from`` when warm-starting."""
+        changes: dict[str, Any] = {"seed": self.train.seed + k}
+        if init_from is not None:
+            changes["init_from"] = init_from
+        return dataclasses.replace(self.train, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["milestones"] = list(self.milestones)
-        return d
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "train"}
+        return {"train": self.train.to_dict(), **d}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> STCConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown STC config field(s) {unknown}; known fields: {sorted(known)}")
-        d = dict(d)
-        if "milestones" in d:
-            d["milestones"] = tuple(d["milestones"])
-        return cls(**d)
+        """Inverse of :meth:`to_dict`; flat training keys are accepted, unknown keys refused by name."""
+        return cls().replace(**dict(d))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -24,9 +24,9 @@ def predict_images(
 ) -> dict[str, Any]:
     """Find faces (detector or box file), predict landmarks, write CSV/JSON/Parquet (+ overlays)."""
     from annotations.ingest.boxmap import BoxMapping
+    from annotations.ingest.crops import inference_crop_boxes
     from annotations.ingest.pool import build_pool
     from flows.config import STCConfig
-    from flows.steps import inference_crop_boxes
     from pipnet_core.predict import Predictor
 
     src = Path(images)

@@ -1,18 +1,18 @@
 """The review step of a round: choose the least confident faces, send them to people, pull corrections.
 
 Thin glue over ``annotations.review`` (Label Studio when PIPSTC_LABEL_STUDIO_URL is set, otherwise a
-Label Studio import file in the round folder) and ``flows.steps.select_review_candidates``.
+Label Studio import file in the round folder) and :func:`annotations.review.candidates.round_candidates`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from annotations.review.candidates import round_candidates
 from annotations.review.cli_helpers import pull_if_configured, push_or_export, status_report
 from annotations.review.client import ReviewUnavailable
 from annotations.store import Store
 from flows.config import STCConfig
-from flows.steps import select_review_candidates
 
 __all__ = ["pull_corrections", "push_round", "review_status"]
 
@@ -28,7 +28,7 @@ def push_round(store_url: str, k: int | None, cfg: STCConfig) -> dict[str, Any]:
     """Select round k's least confident faces within the budget and push (or export) them."""
     store = Store.open(store_url)
     k = _latest_pseudo_round(store) if k is None else k
-    ids = select_review_candidates(store_url, k, cfg)
+    ids = round_candidates(store, k, cfg.review_budget)
     if not ids:
         return {"round": k, "selected": 0, "pushed": 0}
     out_dir = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prefect import serve
 
-from flows.stc import stc_next_round, sync_reviews
+from flows.stc import review_sync, stc_next_round
 
 __all__ = ["serve_store"]
 
@@ -18,7 +18,7 @@ def serve_store(store: str, cron: str = "0 2 * * *", sync_every: int = 300) -> N
     rounds = stc_next_round.to_deployment(
         name="scheduled-stc-round", cron=cron, parameters={"store": store}, concurrency_limit=1, tags=["pipstc"]
     )
-    sync = sync_reviews.to_deployment(
+    sync = review_sync.to_deployment(
         name="review-sync", interval=sync_every, parameters={"store": store}, tags=["pipstc"]
     )
     serve(rounds, sync, limit=2)

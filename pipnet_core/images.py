@@ -21,7 +21,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-
 __all__ = [
     "IMAGE_EXTENSIONS",
     "DecodedImage",

@@ -25,8 +25,8 @@ import torch
 
 from pipnet_core.confidence import ConfidenceModel, signals, unmirror
 from pipnet_core.crop import crop_image, from_crop
-from pipnet_core.images import ImageReadError, read_image
 from pipnet_core.decode import Decoded, decode
+from pipnet_core.images import ImageReadError, read_image
 from pipnet_core.meanface import NeighbourTable
 from pipnet_core.model import IMAGENET_MEAN, IMAGENET_STD, PIPNet, PIPOutputs, normalise_batch
 from pipnet_core.schemes import Scheme

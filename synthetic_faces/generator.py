@@ -30,6 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from annotations.formats.pts import write_pts_file
 from synthetic_faces._draw import (
     HAIR,
     Face,
@@ -43,7 +44,6 @@ from synthetic_faces._draw import (
     skin_colour,
 )
 from synthetic_faces._shape import NUM_LANDMARKS, facing, project, rotation, vary_shape
-from annotations.formats.pts import write_pts_file
 
 __all__ = ["DOMAINS", "NUM_LANDMARKS", "DomainConfig", "generate_batch", "generate_face", "iter_faces", "write_dataset"]
 

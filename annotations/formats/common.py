@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 
 from annotations.store.ids import sample_id_from_digest
-from pipnet_core.images import ImageReadError, read_image
 from annotations.store.schema import rejects_schema, samples_schema
 from pipnet_core.crop import landmark_box as crop_landmark_box
+from pipnet_core.images import ImageReadError, read_image
 from pipnet_core.schemes import Scheme
 
 __all__ = [

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from annotations.ingest.detect import Detection, create_detector
 from annotations.formats.common import FormatError, ImageInfo, ImportBuilder, ImportResult, RowError, parse_float
+from annotations.ingest.detect import Detection, create_detector
 from pipnet_core.images import ImageReadError, decode_image, is_image_path
 from pipnet_core.schemes import Scheme
 

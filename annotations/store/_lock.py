@@ -37,8 +37,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from annotations.store.errors import StoreLocked
 from annotations.store._fs import StoreFS
+from annotations.store.errors import StoreLocked
 
 __all__ = ["LOCK_NAME", "WriterLock", "writer_lock"]
 

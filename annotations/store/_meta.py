@@ -10,8 +10,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from annotations.store.errors import CorruptFile, SchemaVersionError, StoreError
 from annotations.store._fs import StoreFS
+from annotations.store.errors import CorruptFile, SchemaVersionError, StoreError
 from annotations.store.schema import SCHEMA_VERSION
 from pipnet_core.schemes import Scheme, SchemeError, scheme_from_dict
 

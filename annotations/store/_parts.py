@@ -20,8 +20,8 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from annotations.store.errors import CorruptFile
 from annotations.store._fs import StoreFS, is_hidden
+from annotations.store.errors import CorruptFile
 from annotations.store.schema import LABEL_SOURCES, SchemaMismatch, check_table_schema, table_schema
 
 __all__ = ["TABLES", "Part", "PartReader"]

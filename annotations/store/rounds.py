@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pyarrow.fs as pafs
 
-from annotations.store.errors import CorruptFile, RoundFileMissing, StoreError
 from annotations.store._fs import StoreFS, is_hidden
+from annotations.store.errors import CorruptFile, RoundFileMissing, StoreError
 
 __all__ = ["STEPS_NAME", "RoundBook"]
 

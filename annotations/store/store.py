@@ -48,6 +48,10 @@ from annotations.store._convert import (
     reviews_table,
     samples_table,
 )
+from annotations.store._fs import StoreFS, is_hidden
+from annotations.store._lock import writer_lock
+from annotations.store._meta import META_NAME, new_meta, read_meta, write_meta
+from annotations.store._parts import TABLES, Part, PartReader
 from annotations.store.errors import (
     CorruptFile,
     HoldoutLeak,
@@ -56,10 +60,6 @@ from annotations.store.errors import (
     StoreError,
     StoreLocked,
 )
-from annotations.store._fs import StoreFS, is_hidden
-from annotations.store._lock import writer_lock
-from annotations.store._meta import META_NAME, new_meta, read_meta, write_meta
-from annotations.store._parts import TABLES, Part, PartReader
 from annotations.store.rounds import RoundBook
 from annotations.store.schema import LABEL_SOURCES, SPLITS
 from annotations.store.splits import assign_split

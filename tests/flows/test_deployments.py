@@ -29,7 +29,7 @@ async def _deployment(name: str):  # type: ignore[no-untyped-def]
         return await client.read_deployment_by_name(name)
 
 
-def test_prefect_yaml_deploys_and_a_worker_runs_the_ingest_deployment(
+def test_prefect_yaml_deploys_and_a_worker_runs_the_ingestion_deployment(
     tmp_path: Path, demo_images: dict[str, Path]
 ) -> None:
     if not os.environ.get("PREFECT_API_URL"):
@@ -45,11 +45,11 @@ def test_prefect_yaml_deploys_and_a_worker_runs_the_ingest_deployment(
     assert scheduled.parameters["store"] == str(store)
     assert scheduled.schedules and not any(s.active for s in scheduled.schedules)  # inactive until a user turns it on
     assert scheduled.global_concurrency_limit is not None and scheduled.global_concurrency_limit.limit == 1
-    sync = asyncio.run(_deployment("sync-reviews/review-sync"))
+    sync = asyncio.run(_deployment("review-sync/review-sync"))
     assert sync.schedules and sync.schedules[0].active
 
     _prefect(
-        "deployment", "run", "ingest/ingest",
+        "deployment", "run", "ingestion/ingestion",
         "-p", f"source={demo_images['labeled']}", "-p", "format=pts", "-p", "split=train",
         env=env,
     )  # fmt: skip

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from annotations.store import Store
-from flows import steps
+from flows import checkpoints, evaluation, labeling, training
 from flows.config import STCConfig
-from flows.stc import ROUND_STEPS, label_pool, next_round, stc, stc_round
+from flows.stc import ROUND_STEPS, next_round, pool_labeling, stc, stc_round
 
 TINY = STCConfig.tiny()
 
@@ -45,7 +45,7 @@ def test_a_round_that_dies_resumes_after_its_last_completed_step(
     tiny_store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = TINY.replace(shard_size=8)  # three shards for 24 pool faces
-    real = steps.label_shard
+    real = labeling.label_shard
     calls: list[str] = []
 
     def flaky(store_url: str, k: int, shard: str, cfg_json: str) -> dict[str, int]:
@@ -54,16 +54,16 @@ def test_a_round_that_dies_resumes_after_its_last_completed_step(
             raise RuntimeError("simulated crash while labeling a shard")
         return real(store_url, k, shard, cfg_json)
 
-    monkeypatch.setattr(steps, "label_shard", flaky)
+    monkeypatch.setattr(labeling, "label_shard", flaky)
     with pytest.raises(RuntimeError, match="simulated crash"):
         stc_round(tiny_store, 0, cfg.to_dict())
     store = Store.open(tiny_store)
     done = store.completed_steps(0)
     assert {"train", "evaluate"} <= set(done) and "label_pool" not in done
-    checkpoint = Path(steps.checkpoint_path(store, 0))
+    checkpoint = Path(checkpoints.checkpoint_path(store, 0))
     stamp = checkpoint.stat().st_mtime_ns
 
-    monkeypatch.setattr(steps, "label_shard", real)
+    monkeypatch.setattr(labeling, "label_shard", real)
     stc_round(tiny_store, 0, cfg.to_dict())
     assert checkpoint.stat().st_mtime_ns == stamp  # training was not redone
     assert set(ROUND_STEPS) <= set(store.completed_steps(0))
@@ -81,13 +81,13 @@ def test_label_pool_on_a_dask_cluster_equals_the_thread_runner(tiny_store: str, 
     if not os.environ.get("PREFECT_API_URL"):
         service_missing("Prefect API server", "Dask workers need PREFECT_API_URL (each would start its own server)")
     cfg = TINY
-    steps.train_round(tiny_store, 0, cfg, progress=False)
+    training.train_round(tiny_store, 0, cfg, progress=False)
     Store.open(tiny_store).write_round_json(0, "config.json", cfg.to_dict())
-    steps.evaluate_round(tiny_store, 0, cfg)
+    evaluation.evaluate_round(tiny_store, 0, cfg)
     other = copy_store(tiny_store, tmp_path / "copy")
-    threads = label_pool(tiny_store, 0, cfg.to_dict())
+    threads = pool_labeling(tiny_store, 0, cfg.to_dict())
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
-        dask = label_pool(other, 0, cfg.replace(dask_address=cluster.scheduler_address).to_dict())
+        dask = pool_labeling(other, 0, cfg.replace(dask_address=cluster.scheduler_address).to_dict())
     assert threads["labeled"] == dask["labeled"] == 24
     a, b = Store.open(tiny_store).pseudo_labels(0), Store.open(other).pseudo_labels(0)
     ia, ib = np.argsort(a.frame["sample_id"].to_numpy()), np.argsort(b.frame["sample_id"].to_numpy())

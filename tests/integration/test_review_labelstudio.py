@@ -15,7 +15,6 @@ import pandas as pd
 import pytest
 
 import annotations.review.pull as pull_module
-from annotations.store.ids import sample_id
 from annotations.review.client import (
     ENV_TOKEN,
     LabelStudioClient,
@@ -30,11 +29,12 @@ from annotations.review.export_file import write_import_file
 from annotations.review.project import ImageAccess, _config_labels, default_title
 from annotations.review.pull import pull_reviews
 from annotations.review.push import push_reviews
-from tools.labelstudio_server import LabelStudioServer
 from annotations.review.status import review_status
 from annotations.store import Store
+from annotations.store.ids import sample_id
 from pipnet_core.schemes import get_scheme
 from tests.integration.conftest import start_test_server
+from tools.labelstudio_server import LabelStudioServer
 
 pytestmark = pytest.mark.labelstudio
 

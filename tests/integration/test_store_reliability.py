@@ -21,9 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from annotations.store import CorruptFile, Store, StoreLocked
 from annotations.store._fs import PAUSE_ENV
 from annotations.store._lock import LOCK_NAME, writer_lock
-from annotations.store import CorruptFile, Store, StoreLocked
 from pipnet_core.schemes import get_scheme
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from annotations.formats.common import landmark_boxes
 from annotations.ingest.boxmap import BoxMapping, fit_box_mapping, iou_matrix, match_boxes
 from annotations.ingest.detect import create_detector
-from annotations.formats.common import landmark_boxes
 from synthetic_faces import DOMAINS, iter_faces
 
 

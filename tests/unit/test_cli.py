@@ -12,8 +12,8 @@ import pytest
 
 from annotations.formats.pts import read_pts
 from annotations.store import Store
-from synthetic_faces import DOMAINS, write_dataset
 from flows.cli import build_parser, main
+from synthetic_faces import DOMAINS, write_dataset
 
 
 def test_help_names_every_command(capsys: pytest.CaptureFixture[str]) -> None:

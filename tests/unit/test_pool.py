@@ -13,13 +13,13 @@ import pyarrow as pa
 import pytest
 from PIL import Image, ImageOps
 
+from annotations.formats.common import landmark_boxes
 from annotations.ingest.boxmap import iou_matrix
 from annotations.ingest.detect import create_detector, detect_faces
-from annotations.formats.common import landmark_boxes
-from annotations.store.ids import SAMPLE_ID_LENGTH, sample_id
-from pipnet_core.images import ImageReadError, decode_image, read_image
 from annotations.ingest.pool import build_pool, list_pool_files
+from annotations.store.ids import SAMPLE_ID_LENGTH, sample_id
 from annotations.store.schema import rejects_schema, samples_schema
+from pipnet_core.images import ImageReadError, decode_image, read_image
 from synthetic_faces import DOMAINS, iter_faces, write_dataset
 
 

@@ -18,9 +18,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from annotations.store._lock import LOCK_NAME, writer_lock
-from annotations.store.schema import SCHEMA_VERSION, labels_schema
-from annotations.store.splits import assign_split, assign_splits, split_fraction
 from annotations.store import (
     CorruptFile,
     HoldoutLeak,
@@ -30,6 +27,9 @@ from annotations.store import (
     StoreError,
     StoreLocked,
 )
+from annotations.store._lock import LOCK_NAME, writer_lock
+from annotations.store.schema import SCHEMA_VERSION, labels_schema
+from annotations.store.splits import assign_split, assign_splits, split_fraction
 from pipnet_core.schemes import get_scheme, scheme_from_dict
 
 N = 5

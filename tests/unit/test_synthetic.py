@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from annotations.formats import read_pts_folder
+from pipnet_core.schemes import get_scheme
 from synthetic_faces import (
     DOMAINS,
     NUM_LANDMARKS,
@@ -18,7 +19,6 @@ from synthetic_faces import (
     iter_faces,
     write_dataset,
 )
-from pipnet_core.schemes import get_scheme
 
 # A frontal, clean studio face: the feature checks below read single pixels.
 CLEAN = dataclasses.replace(

@@ -13,8 +13,8 @@ from tiny_faces import draw_faces
 from pipnet_core.augment import AugmentConfig
 from pipnet_core.crop import to_crop
 from pipnet_core.data import FaceDataset, TargetCollate
-from pipnet_core.images import ImageReadError
 from pipnet_core.decode import decode
+from pipnet_core.images import ImageReadError
 from pipnet_core.meanface import build_neighbour_table
 from pipnet_core.metrics import nme
 from pipnet_core.model import normalise_batch

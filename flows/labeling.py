@@ -1,0 +1,64 @@
+"""The pool-labeling step of a round: pseudo-label one shard of the pool with round k's model.
+
+Each shard is written once: its result is recorded beside it, and label ids are deterministic, so a
+retried or rerun shard adds nothing twice. Faces whose image cannot be read become rejects.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from annotations.ingest.crops import inference_crop_boxes
+from annotations.store import Store
+from annotations.store.shards import mark_shard_done, shard_done
+from flows.checkpoints import model_version
+from flows.config import STCConfig
+from flows.evaluation import predictor, round_mapping
+
+__all__ = ["label_shard"]
+
+
+def label_shard(store_url: str, k: int, shard: str, cfg_json: str) -> dict[str, int]:
+    """Pseudo-label one shard with round k's model; returns ``{"labeled", "failed"}``."""
+    from pipnet_core.confidence import ConfidenceModel
+
+    cfg = STCConfig.from_dict(json.loads(cfg_json))
+    store = Store.open(store_url)
+    done = shard_done(store, k, shard)
+    if done is not None:
+        return done
+    ids = store.read_round_json(k, shard)
+    samples = store.samples().set_index("sample_id").loc[ids].reset_index()
+    conf = store.read_round_json(k, "confidence.json", default=None)
+    model = ConfidenceModel.from_dict(conf) if conf else None
+    boxes = inference_crop_boxes(samples, round_mapping(store, k), cfg.crop_scale)
+    pred = predictor(store, k, cfg, confidence=model).predict(
+        samples["image_uri"].tolist(), boxes, batch_size=32, flip_tta=cfg.flip_tta
+    )
+    ok = np.ones(len(samples), dtype=bool)
+    rejects = []
+    for idx, reason in pred.failed:
+        ok[idx] = False
+        rejects.append({"stage": "pseudo", "source": samples["image_uri"][idx], "location": None,
+                        "sample_id": samples["sample_id"][idx], "round": k, "reason": reason,
+                        "created_at": pd.Timestamp.now(tz="UTC")})  # fmt: skip
+    rows = pd.DataFrame(
+        {
+            "sample_id": samples["sample_id"][ok].to_numpy(),
+            "source": "pseudo",
+            "round": k,
+            "face_confidence": pred.face_confidence[ok].astype(np.float32),
+            "predicted_nme": pred.predicted_nme[ok].astype(np.float32),
+            "level": cfg.policy().levels(k + 1, pred.predicted_nme[ok]),
+            "model_version": model_version(k),
+        }
+    )
+    store.add_labels(rows, pred.landmarks[ok], landmark_confidence=pred.landmark_confidence[ok])
+    if rejects:
+        store.add_rejects(pd.DataFrame(rejects))
+    result = {"labeled": int(ok.sum()), "failed": int((~ok).sum())}
+    mark_shard_done(store, k, shard, result)
+    return result

@@ -1,0 +1,83 @@
+"""Training settings of PIPNet as one frozen dataclass, importable without torch.
+
+The defaults are the official ones (PIPNet, ``lib/train.py`` and the experiment configs of
+jhb86253817/PIPNet; docs/algorithm.md section 2.5). :mod:`pipnet_core.train` trains with it, and the
+round config of the flows (``flows.config.STCConfig``) composes it, so every training setting can be
+set per round and lands in the round's ``config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipnet_core.augment import AugmentConfig
+
+__all__ = ["TrainConfig"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings; the defaults are the official PIPNet ones (PIPNET_SPEC.md section 9)."""
+
+    epochs: int = 60  # official; the demo and tests use far fewer
+    batch_size: int = 16  # official, per process under DDP
+    lr: float = 1e-4  # Adam, official
+    milestones: tuple[int, ...] = (30, 50)  # MultiStepLR epochs, official
+    gamma: float = 0.1  # LR factor at each milestone, official
+    input_size: int = 256  # official crop side; must be a multiple of net_stride
+    net_stride: int = 32  # official: an 8x8 grid at 256
+    num_nb: int = 10  # C, neighbours per landmark, official
+    backbone: str = "resnet18"  # the "lightweight" PIPNet of the paper
+    base_width: int = 64  # 64 is the real ResNet; smaller only for tests and demos
+    cls_weight: float = 10.0  # official score weight at S = 8 (spec 6)
+    reg_weight: float = 1.0  # official regression weight
+    weight_decay: float | None = None  # None: the official rule, 0 from pretrained weights, 5e-4 from scratch
+    imagenet_weights: str | None = None  # torchvision-format ResNet file; None: random init (nothing downloaded)
+    init_from: str | None = None  # warm start: a pipstc checkpoint whose weights (and neighbour table) to start from
+    meanface: str = "scheme"  # neighbour topology from the scheme's mean face, or "data" (mean of the labels)
+    seed: int = 0  # seeds torch, numpy, random and the per-sample augmentation
+    num_workers: int = 1  # loader processes; one overlaps decoding with the step on 2-core machines
+    channels_last: bool = True  # NHWC convolutions: ~15% faster training on CPU (CPU_SPEED.md B.4)
+    device: str = "auto"  # "auto": CUDA when available, else CPU
+    augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if self.input_size % self.net_stride:
+            raise ValueError(f"input_size {self.input_size} must be a multiple of net_stride {self.net_stride}")
+        if self.meanface not in ("scheme", "data"):
+            raise ValueError(f"meanface must be 'scheme' or 'data', got {self.meanface!r}")
+
+    @property
+    def grid(self) -> int:
+        """S, the score map side."""
+        return self.input_size // self.net_stride
+
+    def resolved_weight_decay(self) -> float:
+        """Adam weight decay: the explicit value, or the official rule (5e-4 only without pretraining)."""
+        if self.weight_decay is not None:
+            return float(self.weight_decay)
+        return 0.0 if (self.imagenet_weights or self.init_from) else 5e-4
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON- and ``weights_only``-safe)."""
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are refused with their names."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}; known: {sorted(names)}")
+        d = dict(d)
+        if "milestones" in d:
+            d["milestones"] = tuple(int(m) for m in d["milestones"])
+        if isinstance(d.get("augment"), dict):
+            d["augment"] = AugmentConfig(**d["augment"])
+        return cls(**d)
