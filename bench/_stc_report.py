@@ -275,7 +275,7 @@ def write_report(res: dict[str, Any], out: Path) -> Path:
     targets = check_targets(res)
     res["targets"] = targets
     (out / "results.json").write_text(json.dumps(res, indent=1, default=float))
-    cfg = res["config"]
+    cfg = {**res["config"], **res["config"].get("train", {})}  # round fields and the composed training fields
     t = res["timings"]
     quick = res["mode"] == "quick"
     parts = [

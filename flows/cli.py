@@ -169,16 +169,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="pipstc",
-        description="Semi-supervised facial landmark labeling: PIPNet + self-training with curriculum, "
-        "a Parquet label store, review in Label Studio, orchestrated by Prefect.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_store_commands(sub: Any) -> None:
     s = sub.add_parser("init", help="create a new store for a landmark scheme")
     s.add_argument("store", help="folder or filesystem URL of the new store")
     s.add_argument("--scheme", default="300w", help="300w, wflw, cofw, aflw or a scheme .json/.yaml file")
@@ -203,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--dataset")
     a.set_defaults(fn=cmd_pool_add)
 
+
+
+def _add_round_commands(sub: Any) -> None:
     for name, fn, helptext in (
         ("round", cmd_round, "run (or resume) one STC round"),
         ("run", cmd_run, "run round 0 and the STC rounds of a schedule"),
@@ -222,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--small", action="store_true", help="the demo's small model (minutes, not hours)")
         s.set_defaults(fn=fn)
 
+
+
+def _add_review_commands(sub: Any) -> None:
     s = sub.add_parser("review", help="faces for people: push to / pull from Label Studio, status")
     s.add_argument("action", choices=["push", "pull", "status"])
     s.add_argument("store")
@@ -235,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--scheme", default="300w")
     c.set_defaults(fn=cmd_labelstudio_config)
 
+
+
+def _add_model_commands(sub: Any) -> None:
     s = sub.add_parser("predict", help="landmarks for images with a trained checkpoint")
     s.add_argument("checkpoint", help="a round's model.pt")
     s.add_argument("images", help="image file or folder")
@@ -268,6 +268,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cron", default="0 2 * * *", help="when to run a round (UTC)")
     s.add_argument("--sync-every", type=int, default=300, help="seconds between review syncs")
     s.set_defaults(fn=cmd_serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pipstc",
+        description="Semi-supervised facial landmark labeling: PIPNet + self-training with curriculum, "
+        "a Parquet label store, review in Label Studio, orchestrated by Prefect.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_store_commands(sub)
+    _add_round_commands(sub)
+    _add_review_commands(sub)
+    _add_model_commands(sub)
     return p
 
 

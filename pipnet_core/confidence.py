@@ -124,6 +124,53 @@ def _feature(name: str, values: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown confidence signal {name!r}; known: {sorted(FEATURES)}")
 
 
+def _design(
+    signals: dict[str, np.ndarray], real_errors: np.ndarray, names: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Features (B, N, F), errors (B, N), landmarks usable for fitting (B, N) and faces with any (B,)."""
+    if not names:
+        raise ValueError(f"no usable signals: need at least one of {sorted(FEATURES)}, got {sorted(signals)}")
+    err = np.asarray(real_errors, dtype=np.float64)
+    if err.ndim != 2:
+        raise ValueError(f"real_errors must have shape (B, N), got {err.shape}")
+    cols = []
+    for name in names:
+        if name not in signals:
+            raise ValueError(f"signal {name!r} asked for but not given (have {sorted(signals)})")
+        if np.shape(signals[name]) != err.shape:
+            raise ValueError(f"signal {name!r} has shape {np.shape(signals[name])}, errors {err.shape}")
+        cols.append(_feature(name, signals[name]))
+    x_all = np.stack(cols, axis=-1)
+    rows = np.isfinite(err) & np.isfinite(x_all).all(axis=-1)
+    faces = rows.any(axis=1)
+    if rows.sum() < 10 or faces.sum() < 2:
+        raise ValueError(
+            f"need at least 2 faces and 10 landmarks with known error to calibrate, got {int(faces.sum())} "
+            f"faces and {int(rows.sum())} landmarks"
+        )
+    return x_all, err, rows, faces
+
+
+def _signed_ridge(xs: np.ndarray, t: np.ndarray, signs: np.ndarray) -> np.ndarray:
+    """Ridge weights of standardised features whose sign agrees with ``signs``.
+
+    A weight of the wrong sign is dropped, one at a time (the most wrong first), and the rest refitted:
+    every signal must push the predicted error the way it is known to.
+    """
+    active = np.ones(len(signs), dtype=bool)
+    w = np.zeros(len(signs))
+    for _ in range(len(signs)):
+        w = np.zeros(len(signs))
+        if active.any():
+            a = xs[:, active]
+            w[active] = np.linalg.solve(a.T @ a + _RIDGE * np.eye(a.shape[1]), a.T @ (t - t.mean()))
+        wrong = active & (w * signs < 0)
+        if not wrong.any():
+            break
+        active[np.argmin(np.where(wrong, w * signs, np.inf))] = False
+    return np.where(active, w, 0.0)
+
+
 @dataclass
 class ConfidenceModel:
     """Signals -> predicted per-landmark error, face NME and confidences; see the module docstring.
@@ -251,43 +298,12 @@ class ConfidenceModel:
             ValueError: shapes disagree, or fewer than 2 faces / 10 landmarks with known error.
         """
         names = tuple(f for f in FEATURES if f in signals) if features is None else tuple(features)
-        if not names:
-            raise ValueError(f"no usable signals: need at least one of {sorted(FEATURES)}, got {sorted(signals)}")
-        err = np.asarray(real_errors, dtype=np.float64)
-        if err.ndim != 2:
-            raise ValueError(f"real_errors must have shape (B, N), got {err.shape}")
-        cols = []
-        for name in names:
-            if name not in signals:
-                raise ValueError(f"signal {name!r} asked for but not given (have {sorted(signals)})")
-            if np.shape(signals[name]) != err.shape:
-                raise ValueError(f"signal {name!r} has shape {np.shape(signals[name])}, errors {err.shape}")
-            cols.append(_feature(name, signals[name]))
-        x_all = np.stack(cols, axis=-1)  # (B, N, F)
-        rows = np.isfinite(err) & np.isfinite(x_all).all(axis=-1)
-        faces = rows.any(axis=1)
-        if rows.sum() < 10 or faces.sum() < 2:
-            raise ValueError(
-                f"need at least 2 faces and 10 landmarks with known error to calibrate, got {int(faces.sum())} "
-                f"faces and {int(rows.sum())} landmarks"
-            )
+        x_all, err, rows, faces = _design(signals, real_errors, names)
         x, t = x_all[rows], np.log(err[rows] + _EPS_ERROR)
         mean = x.mean(axis=0)
         scale = np.where(x.std(axis=0) > 1e-12, x.std(axis=0), 1.0)
         xs = (x - mean) / scale
-        signs = np.array([FEATURES[n] for n in names])
-        active = np.ones(len(names), dtype=bool)
-        w = np.zeros(len(names))
-        for _ in range(len(names)):  # drop wrong-sign weights one at a time, refitting the rest
-            w = np.zeros(len(names))
-            if active.any():
-                a = xs[:, active]
-                w[active] = np.linalg.solve(a.T @ a + _RIDGE * np.eye(a.shape[1]), a.T @ (t - t.mean()))
-            wrong = active & (w * signs < 0)
-            if not wrong.any():
-                break
-            active[np.argmin(np.where(wrong, w * signs, np.inf))] = False
-        w = np.where(active, w, 0.0)
+        w = _signed_ridge(xs, t, np.array([FEATURES[n] for n in names]))
         intercept = float(t.mean())  # features are centred, so the bias is the mean target
         resid = t - intercept - xs @ w
         model = cls(
@@ -301,25 +317,28 @@ class ConfidenceModel:
             face_threshold=face_threshold,
             calibrated=True,
         )
-        # Face level: calibrate the mean of predicted landmark errors against the real face NME.
-        sig_faces = {n: np.asarray(signals[n])[faces] for n in names}
+        model._fit_face_level({n: np.asarray(signals[n]) for n in names}, np.where(rows, err, np.nan), faces)
+        return model
+
+    def _fit_face_level(self, signals: dict[str, np.ndarray], err: np.ndarray, faces: np.ndarray) -> None:
+        """Calibrate the mean of predicted landmark errors against the real face NME (log-linear)."""
+        sig_faces = {n: v[faces] for n, v in signals.items()}
         with np.errstate(invalid="ignore"):
-            real_face = np.nanmean(np.where(rows, err, np.nan)[faces], axis=1)
-        log_raw = np.log(model.predict_landmark_errors(sig_faces).mean(axis=1))
+            real_face = np.nanmean(err[faces], axis=1)
+        log_raw = np.log(self.predict_landmark_errors(sig_faces).mean(axis=1))
         log_real = np.log(real_face + _EPS_ERROR)
         b = 1.0
         if faces.sum() >= 3 and log_raw.std() > 1e-9:
             b = float(np.cov(log_raw, log_real, bias=True)[0, 1] / log_raw.var())
             b = max(b, 0.05)  # monotone increasing: keep the ranking even when the fit is poor
         a = float(log_real.mean() - b * log_raw.mean())
-        model.rescale_a, model.rescale_b = a, b
-        model.face_sigma = float(max((log_real - a - b * log_raw).std(), _MIN_SIGMA))
-        model.stats = {
+        self.rescale_a, self.rescale_b = a, b
+        self.face_sigma = float(max((log_real - a - b * log_raw).std(), _MIN_SIGMA))
+        self.stats = {
             "num_faces": float(faces.sum()),
-            "num_landmarks": float(rows.sum()),
-            **model.ranking({n: np.asarray(signals[n]) for n in names}, np.where(rows, err, np.nan)),
+            "num_landmarks": float(np.isfinite(err).sum()),
+            **self.ranking(signals, err),
         }
-        return model
 
     # -- persistence ------------------------------------------------------------------------------
 

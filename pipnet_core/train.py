@@ -258,17 +258,20 @@ def train(
     return path
 
 
-def _fit(
-    config: TrainConfig,
-    dataset: FaceDataset,
-    scheme: Scheme,
-    out_path: Path,
-    resume: bool,
-    progress: bool,
-    log: Callable[[dict[str, Any]], None] | None,
-    world: _World,
-) -> tuple[Path, PIPNet]:
-    """The training loop shared by :func:`train` and :func:`pipnet_core.ddp.train_ddp`; returns the model too."""
+@dataclass
+class _Run:
+    """The state one training run carries from epoch to epoch."""
+
+    model: PIPNet
+    net: torch.nn.Module  # the model, or its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.MultiStepLR
+    meanface: np.ndarray
+    table: NeighbourTable
+    start: int = 0  # epochs already done (resume)
+
+
+def _check_inputs(config: TrainConfig, dataset: FaceDataset, scheme: Scheme) -> None:
     if dataset.input_size != config.input_size:
         raise ValueError(f"dataset crops are {dataset.input_size} px but config.input_size is {config.input_size}")
     if dataset.num_landmarks != scheme.num_landmarks:
@@ -277,9 +280,10 @@ def _fit(
         )
     if len(dataset) == 0:
         raise ValueError("the training dataset is empty")
-    _seed_everything(config.seed)
-    device = world.device
 
+
+def _start(config: TrainConfig, dataset: FaceDataset, scheme: Scheme, device: torch.device) -> _Run:
+    """Model (fresh, ImageNet, or warm-started from ``init_from``), optimiser and schedule."""
     init = _read(config.init_from) if config.init_from else None
     meanface = (
         np.asarray(init["meanface"], dtype=np.float64).reshape(-1, 2)
@@ -291,7 +295,6 @@ def _fit(
         raise ValueError(
             f"init_from {config.init_from} uses {table.num_nb} neighbours, config.num_nb is {config.num_nb}"
         )
-
     model = _build_model(config, scheme.num_landmarks, imagenet=init is None)
     if init is not None:
         try:
@@ -303,24 +306,80 @@ def _fit(
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.resolved_weight_decay())
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(config.milestones), gamma=config.gamma)
+    return _Run(model, model, optimizer, scheduler, meanface, table)
 
-    start = 0
+
+def _resume(run: _Run, config: TrainConfig, out_path: Path) -> None:
+    """Continue from the checkpoint at ``out_path`` (its config must match)."""
+    saved = _read(out_path)
+    _check_resume(saved["config"], config, out_path)
+    run.model.load_state_dict(saved["model"])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    sched_state = dict(saved["scheduler"])
+    sched_state["milestones"] = Counter({int(k): int(v) for k, v in sched_state["milestones"].items()})
+    run.scheduler.load_state_dict(sched_state)
+    run.start = int(saved["epoch"])
+    run.meanface = np.asarray(saved["meanface"], dtype=np.float64).reshape(-1, 2)
+    run.table = neighbour_table_from_nb(np.asarray(saved["nb"], dtype=np.int64))
+
+
+def _checkpoint(run: _Run, epoch: int, config: TrainConfig, scheme: Scheme) -> dict[str, Any]:
+    return {
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": _scheduler_state(run.scheduler.state_dict()),
+        "epoch": epoch,
+        "config": config.to_dict(),
+        "scheme": scheme.to_dict(),
+        "meanface": run.meanface.reshape(-1).tolist(),
+        "nb": run.table.nb.tolist(),
+        "num_nb": run.table.num_nb,
+    }
+
+
+def _train_epoch(
+    run: _Run, loader: DataLoader, config: TrainConfig, device: torch.device, bar: Any
+) -> tuple[dict[str, float], int]:
+    """One pass over the loader; returns the summed loss parts (times batch size) and the images seen."""
+    run.model.train()
+    sums = dict.fromkeys((*LOSS_PARTS, "total"), 0.0)
+    seen = 0
+    for batch in loader:
+        images = normalise_batch(batch.images, channels_last=config.channels_last, device=device)
+        targets = batch.targets.to(device, non_blocking=True)
+        loss, parts = pip_loss(run.net(images), targets, config.cls_weight, config.reg_weight)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        n = images.shape[0]
+        for k in sums:
+            sums[k] += parts[k] * n
+        seen += n
+        bar.update(1)
+        bar.set_postfix(loss=f"{parts['total']:.4f}")
+    return sums, seen
+
+
+def _fit(
+    config: TrainConfig,
+    dataset: FaceDataset,
+    scheme: Scheme,
+    out_path: Path,
+    resume: bool,
+    progress: bool,
+    log: Callable[[dict[str, Any]], None] | None,
+    world: _World,
+) -> tuple[Path, PIPNet]:
+    """The training loop shared by :func:`train` and :func:`pipnet_core.ddp.train_ddp`; returns the model too."""
+    _check_inputs(config, dataset, scheme)
+    _seed_everything(config.seed)
+    device = world.device
+    run = _start(config, dataset, scheme, device)
     if resume and out_path.is_file():
-        saved = _read(out_path)
-        _check_resume(saved["config"], config, out_path)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        sched_state = dict(saved["scheduler"])
-        sched_state["milestones"] = Counter({int(k): int(v) for k, v in sched_state["milestones"].items()})
-        scheduler.load_state_dict(sched_state)
-        start = int(saved["epoch"])
-        meanface = np.asarray(saved["meanface"], dtype=np.float64).reshape(-1, 2)
-        table = neighbour_table_from_nb(np.asarray(saved["nb"], dtype=np.int64))
-
-    net: torch.nn.Module = model
+        _resume(run, config, out_path)
     if world.size > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+        run.net = torch.nn.parallel.DistributedDataParallel(
+            run.model, device_ids=[device.index] if device.type == "cuda" else None
         )
 
     train_set = dataset.with_augment(config.augment)
@@ -336,74 +395,32 @@ def _fit(
         )
     else:
         sampler = _EpochSampler(len(train_set), config.seed)
-    collate = TargetCollate(table.nb, config.grid)
-    steps = per_rank // batch_size
-    remaining = max(config.epochs - start, 0) * steps
+    collate = TargetCollate(run.table.nb, config.grid)
+    remaining = max(config.epochs - run.start, 0) * (per_rank // batch_size)
     bar = tqdm(total=remaining, disable=not progress or world.rank != 0, unit="step", dynamic_ncols=True)
 
-    for epoch in range(start, config.epochs):
-        model.train()
+    for epoch in range(run.start, config.epochs):
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
-        loader = DataLoader(
-            train_set,
-            batch_size=batch_size,
-            sampler=sampler,
-            drop_last=True,
-            num_workers=config.num_workers,
-            collate_fn=collate,
-            pin_memory=device.type == "cuda",
-        )
-        sums = dict.fromkeys((*LOSS_PARTS, "total"), 0.0)
-        seen, t0 = 0, time.perf_counter()
+        loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=True,
+                            num_workers=config.num_workers, collate_fn=collate,
+                            pin_memory=device.type == "cuda")  # fmt: skip
         bar.set_description(f"epoch {epoch + 1}/{config.epochs}")
-        for batch in loader:
-            images = normalise_batch(batch.images, channels_last=config.channels_last, device=device)
-            targets = batch.targets.to(device, non_blocking=True)
-            loss, parts = pip_loss(net(images), targets, config.cls_weight, config.reg_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            n = images.shape[0]
-            for k in sums:
-                sums[k] += parts[k] * n
-            seen += n
-            bar.update(1)
-            bar.set_postfix(loss=f"{parts['total']:.4f}")
-        scheduler.step()
+        t0 = time.perf_counter()
+        sums, seen = _train_epoch(run, loader, config, device, bar)
+        run.scheduler.step()
         if world.size > 1:
             # DDP keeps parameters equal; BatchNorm running statistics drift per rank, so take rank 0's.
-            for buf in model.buffers():
+            for buf in run.model.buffers():
                 torch.distributed.broadcast(buf, src=0)
         seconds = time.perf_counter() - t0
         if world.rank == 0:
-            _save_atomic(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": _scheduler_state(scheduler.state_dict()),
-                    "epoch": epoch + 1,
-                    "config": config.to_dict(),
-                    "scheme": scheme.to_dict(),
-                    "meanface": meanface.reshape(-1).tolist(),
-                    "nb": table.nb.tolist(),
-                    "num_nb": table.num_nb,
-                },
-                out_path,
-            )
+            _save_atomic(_checkpoint(run, epoch + 1, config, scheme), out_path)
         if world.size > 1:
             torch.distributed.barrier()
         if log is not None and world.rank == 0:
             record = {k: v / max(seen, 1) for k, v in sums.items()}
-            log(
-                {
-                    "epoch": epoch + 1,
-                    "loss": record.pop("total"),
-                    **record,
-                    "lr": scheduler.get_last_lr()[0],
-                    "seconds": seconds,
-                    "images_per_s": seen * world.size / max(seconds, 1e-9),
-                }
-            )
+            log({"epoch": epoch + 1, "loss": record.pop("total"), **record, "lr": run.scheduler.get_last_lr()[0],
+                 "seconds": seconds, "images_per_s": seen * world.size / max(seconds, 1e-9)})  # fmt: skip
     bar.close()
-    return out_path, model
+    return out_path, run.model

@@ -405,37 +405,9 @@ class ImportBuilder:
         """
         src = source or self.source
         try:
-            info: ImageInfo | None
-            try:
-                info = self.image_info(image)
-            except ImageReadError as e:
-                if sample_id is None or width is None or height is None:
-                    raise RowError(str(e)) from None
-                info = None  # a known sample whose image lives elsewhere (a Label Studio URL)
-            if (
-                info is not None
-                and width is not None
-                and height is not None
-                and (width, height)
-                != (
-                    info.width,
-                    info.height,
-                )
-            ):
-                raise RowError(
-                    f"the label is for a {width}x{height} image but {info.path} is {info.width}x{info.height}; "
-                    "point image_root at the images that were labeled"
-                )
-            w = info.width if info is not None else int(width)  # type: ignore[arg-type]
-            h = info.height if info is not None else int(height)  # type: ignore[arg-type]
+            info, w, h = self._image_of(image, sample_id, width, height)
             pts = self.check_landmarks(landmarks, w, h)
-            if box is None:
-                b = landmark_box(pts)
-                if b is None or b[2] <= b[0] or b[3] <= b[1]:
-                    raise RowError("the landmarks span no area, so no face box can be made from them")
-                box_source = "landmarks"
-            else:
-                b = self.check_box(box)
+            b, box_source = self._face_box(pts, box, box_source)
             sid = sample_id if sample_id is not None else sample_id_from_digest(info.digest, b)  # type: ignore[union-attr]
         except RowError as e:
             self.reject(location, str(e), sample_id=sample_id, source=src)
@@ -451,22 +423,8 @@ class ImportBuilder:
             return None
         if first is None:
             self._seen[sid] = f"{src} {location}"
-            self._samples.append(
-                {
-                    "sample_id": sid,
-                    "image_uri": image_uri or (info.path if info is not None else str(image)),
-                    "width": w,
-                    "height": h,
-                    "box": b,
-                    "box_source": box_source,
-                    "detector_score": np.nan,
-                    "split": split,
-                    "dataset": dataset or self.dataset,
-                    "created_at": self.created_at,
-                }
-            )
-            if extras:
-                self._extras.append({"sample_id": sid, **extras})
+            uri = image_uri or (info.path if info is not None else str(image))
+            self._keep_sample(sid, uri, w, h, b, box_source, split=split, dataset=dataset, extras=extras)
         self._labels.append(
             {
                 "sample_id": sid,
@@ -480,6 +438,68 @@ class ImportBuilder:
         )
         self._landmarks.append(pts)
         return sid
+
+    def _image_of(
+        self, image: str | Path, sample_id: str | None, width: int | None, height: int | None
+    ) -> tuple[ImageInfo | None, int, int]:
+        """The image's info (None for a known sample whose image lives elsewhere) and its size."""
+        try:
+            info: ImageInfo | None = self.image_info(image)
+        except ImageReadError as e:
+            if sample_id is None or width is None or height is None:
+                raise RowError(str(e)) from None
+            info = None  # a known sample whose image lives elsewhere (a Label Studio URL)
+        sized = info is not None and width is not None and height is not None
+        if sized and (width, height) != (info.width, info.height):  # type: ignore[union-attr]
+            raise RowError(
+                f"the label is for a {width}x{height} image but {info.path} is {info.width}x{info.height}; "
+                "point image_root at the images that were labeled"
+            )
+        if info is not None:
+            return info, info.width, info.height
+        return None, int(width), int(height)  # type: ignore[arg-type]
+
+    def _face_box(
+        self, landmarks: np.ndarray, box: Sequence[float] | None, box_source: str
+    ) -> tuple[np.ndarray, str]:
+        """The checked face box and its source; the landmarks' tight box when none is given."""
+        if box is not None:
+            return self.check_box(box), box_source
+        b = landmark_box(landmarks)
+        if b is None or b[2] <= b[0] or b[3] <= b[1]:
+            raise RowError("the landmarks span no area, so no face box can be made from them")
+        return b, "landmarks"
+
+    def _keep_sample(
+        self,
+        sid: str,
+        uri: str,
+        width: int,
+        height: int,
+        box: np.ndarray,
+        box_source: str,
+        *,
+        split: str | None,
+        dataset: str | None,
+        extras: dict[str, Any] | None,
+        detector_score: float = np.nan,
+    ) -> None:
+        self._samples.append(
+            {
+                "sample_id": sid,
+                "image_uri": uri,
+                "width": width,
+                "height": height,
+                "box": box,
+                "box_source": box_source,
+                "detector_score": detector_score,
+                "split": split,
+                "dataset": dataset or self.dataset,
+                "created_at": self.created_at,
+            }
+        )
+        if extras:
+            self._extras.append({"sample_id": sid, **extras})
 
     def add_sample(
         self,
@@ -509,20 +529,9 @@ class ImportBuilder:
             )
             return None
         self._seen[sid] = f"{src} {location}".strip()
-        self._samples.append(
-            {
-                "sample_id": sid,
-                "image_uri": info.path,
-                "width": info.width,
-                "height": info.height,
-                "box": b,
-                "box_source": box_source,
-                "detector_score": np.nan if detector_score is None else float(detector_score),
-                "split": None,
-                "dataset": self.dataset,
-                "created_at": self.created_at,
-            }
-        )
+        score = np.nan if detector_score is None else float(detector_score)
+        self._keep_sample(sid, info.path, info.width, info.height, b, box_source, split=None, dataset=None, extras=None,
+                          detector_score=score)  # fmt: skip
         return sid
 
     def result(self) -> ImportResult:

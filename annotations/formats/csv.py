@@ -14,7 +14,9 @@ write followed by a read gives the same float32 values.
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -80,6 +82,38 @@ def _cell_float(cell: str, what: str) -> float:
     return float("nan") if text == "" else parse_float(text, what)
 
 
+def _data_rows(reader: Any, builder: ImportBuilder) -> Iterator[tuple[str, list[str]]]:
+    """(``"line k"``, cells) of every non-blank row; malformed rows become rejects."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            builder.reject(f"line {reader.line_num}", f"malformed CSV row ({e})")
+            continue
+        if row and any(c.strip() for c in row):
+            yield f"line {reader.line_num}", row
+
+
+def _parse_row(row: list[str], col: dict[str, int], n: int) -> tuple[np.ndarray, list[float] | None, str | None]:
+    """Landmarks (N, 2), box (or None: the landmarks' box) and split of one row; RowError names the field."""
+    landmarks = np.array(
+        [[_cell_float(row[col[f"{a}{i}"]], f"field {a}{i}") for a in "xy"] for i in range(n)], dtype=np.float64
+    )
+    box_cells = [row[col[c]].strip() for c in _BOX]
+    if all(c == "" for c in box_cells):
+        box = None
+    elif any(c == "" for c in box_cells):
+        raise RowError(f"box cells {box_cells} are partly empty; give all four or none")
+    else:
+        box = [parse_float(c, f"field {name}") for c, name in zip(box_cells, _BOX, strict=True)]
+    split = (row[col["split"]].strip() or None) if "split" in col else None
+    if split is not None and split not in SPLITS:
+        raise RowError(f"field split: {split!r} is not one of {', '.join(SPLITS)}")
+    return landmarks, box, split
+
+
 def read_csv(
     path: str | Path,
     scheme: Scheme,
@@ -110,39 +144,12 @@ def read_csv(
             raise FormatError(f"{p}: not a CSV file ({e})") from None
         _check_header(header, n, p)
         col = {h.strip(): i for i, h in enumerate(header)}
-        xi = np.array([col[f"x{i}"] for i in range(n)])
-        yi = np.array([col[f"y{i}"] for i in range(n)])
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as e:
-                builder.reject(f"line {reader.line_num}", f"malformed CSV row ({e})")
-                continue
-            where = f"line {reader.line_num}"
-            if not row or all(not c.strip() for c in row):
-                continue
+        for where, row in _data_rows(reader, builder):
             if len(row) != len(header):
                 builder.reject(where, f"{len(row)} cells but the header has {len(header)} columns")
                 continue
             try:
-                landmarks = np.array(
-                    [
-                        [_cell_float(row[a], f"field x{i}"), _cell_float(row[b], f"field y{i}")]
-                        for i, (a, b) in enumerate(zip(xi, yi, strict=True))
-                    ]
-                )
-                box_cells = [row[col[c]].strip() for c in _BOX]
-                if all(c == "" for c in box_cells):
-                    box = None
-                elif any(c == "" for c in box_cells):
-                    raise RowError(f"box cells {box_cells} are partly empty; give all four or none")
-                else:
-                    box = [parse_float(c, f"field {name}") for c, name in zip(box_cells, _BOX, strict=True)]
-                split = (row[col["split"]].strip() or None) if "split" in col else None
-                if split is not None and split not in SPLITS:
-                    raise RowError(f"field split: {split!r} is not one of {', '.join(SPLITS)}")
+                landmarks, box, split = _parse_row(row, col, n)
             except RowError as e:
                 builder.reject(where, str(e))
                 continue
@@ -152,15 +159,8 @@ def read_csv(
                 continue
             annotator = (row[col["annotator"]].strip() or None) if "annotator" in col else None
             row_dataset = (row[col["dataset"]].strip() or None) if "dataset" in col else None
-            builder.add(
-                where,
-                resolve_image(image_name, root),
-                landmarks,
-                box=box,
-                annotator=annotator,
-                split=split,
-                dataset=row_dataset,
-            )
+            builder.add(where, resolve_image(image_name, root), landmarks, box=box, annotator=annotator, split=split,
+                        dataset=row_dataset)  # fmt: skip
     return builder.result()
 
 

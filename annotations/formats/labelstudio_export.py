@@ -143,6 +143,47 @@ def _int(value: Any) -> int | None:
         return None
 
 
+def _load_export(p: Path) -> list[dict[str, Any]]:
+    """The export's list of tasks (JSON) or annotation rows (JSON_MIN); FormatError names what is wrong."""
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise FormatError(f"{p}: cannot read the export ({e.strerror or e})") from None
+    except json.JSONDecodeError as e:
+        raise FormatError(
+            f"{p}: not valid JSON (line {e.lineno} column {e.colno}: {e.msg}); export the project as JSON or JSON_MIN"
+        ) from None
+    if not isinstance(data, list) or any(not isinstance(t, dict) for t in data):
+        raise FormatError(
+            f"{p}: a Label Studio JSON/JSON_MIN export is a list of objects; export the project as JSON or JSON_MIN"
+        )
+    full = any("annotations" in t and "data" in t for t in data)
+    if not full and data and not any("image" in t for t in data):
+        raise FormatError(
+            f"{p}: neither a JSON export (tasks with 'data' and 'annotations') "
+            "nor a JSON_MIN export (rows with 'image'); "
+            "export the project as JSON or JSON_MIN"
+        )
+    return data
+
+
+def _add_task(
+    builder: ImportBuilder, t: int, task: dict[str, Any], p: Path, image_root: str | Path | None, control: str
+) -> None:
+    """Every annotation of one task of a full JSON export; skipped ones are recorded, not imported."""
+    task_data = task.get("data") or {}
+    task_id = _int(task.get("id"))
+    for a, ann in enumerate(task.get("annotations") or []):
+        where = f"task {task_id if task_id is not None else t} annotation {ann.get('id', a)}"
+        if ann.get("was_cancelled"):
+            skipped = "skipped in Label Studio (was_cancelled); nothing to import"
+            builder.reject(where, skipped, sample_id=task_data.get("sample_id"))
+            continue
+        _add(builder, where, task_data, ann.get("result") or [], p, image_root, control,
+             annotator=_annotator(ann.get("completed_by")), task_id=task_id,
+             annotation_id=_int(ann.get("id")))  # fmt: skip
+
+
 def read_labelstudio_export(
     path: str | Path,
     scheme: Scheme,
@@ -165,66 +206,18 @@ def read_labelstudio_export(
         FormatError: not JSON, or not a list of tasks / annotation rows.
     """
     p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise FormatError(f"{p}: cannot read the export ({e.strerror or e})") from None
-    except json.JSONDecodeError as e:
-        raise FormatError(
-            f"{p}: not valid JSON (line {e.lineno} column {e.colno}: {e.msg}); export the project as JSON or JSON_MIN"
-        ) from None
-    if not isinstance(data, list) or any(not isinstance(t, dict) for t in data):
-        raise FormatError(
-            f"{p}: a Label Studio JSON/JSON_MIN export is a list of objects; export the project as JSON or JSON_MIN"
-        )
+    data = _load_export(p)
     builder = ImportBuilder(source=str(p), scheme=scheme, dataset=dataset or p.stem, allow_missing=allow_missing)
     full = any("annotations" in t and "data" in t for t in data)
-    if not full and data and not any("image" in t for t in data):
-        raise FormatError(
-            f"{p}: neither a JSON export (tasks with 'data' and 'annotations') "
-            "nor a JSON_MIN export (rows with 'image'); "
-            "export the project as JSON or JSON_MIN"
-        )
     for t, task in enumerate(data):
         if full:
-            task_data = task.get("data") or {}
-            task_id = _int(task.get("id"))
-            for a, ann in enumerate(task.get("annotations") or []):
-                where = f"task {task_id if task_id is not None else t} annotation {ann.get('id', a)}"
-                if ann.get("was_cancelled"):
-                    builder.reject(
-                        where,
-                        "skipped in Label Studio (was_cancelled); nothing to import",
-                        sample_id=task_data.get("sample_id"),
-                    )
-                    continue
-                _add(
-                    builder,
-                    where,
-                    task_data,
-                    ann.get("result") or [],
-                    p,
-                    image_root,
-                    control,
-                    annotator=_annotator(ann.get("completed_by")),
-                    task_id=task_id,
-                    annotation_id=_int(ann.get("id")),
-                )
-        else:
-            task_id = _int(task.get("id"))
-            where = f"row {t} (task {task_id}, annotation {task.get('annotation_id')})"
-            _add(
-                builder,
-                where,
-                task,
-                task.get(control) or [],
-                p,
-                image_root,
-                control,
-                annotator=_annotator(task.get("annotator")),
-                task_id=task_id,
-                annotation_id=_int(task.get("annotation_id")),
-            )
+            _add_task(builder, t, task, p, image_root, control)
+            continue
+        task_id = _int(task.get("id"))
+        where = f"row {t} (task {task_id}, annotation {task.get('annotation_id')})"
+        _add(builder, where, task, task.get(control) or [], p, image_root, control,
+             annotator=_annotator(task.get("annotator")), task_id=task_id,
+             annotation_id=_int(task.get("annotation_id")))  # fmt: skip
     return builder.result()
 
 

@@ -135,6 +135,47 @@ def read_boxes_file(path: str | Path, root: str | Path) -> tuple[dict[str, list[
     return boxes, bad
 
 
+def _read_pool_image(path: Path, builder: ImportBuilder) -> tuple[ImageInfo, Any] | None:
+    """The image's info and pixels, or None after recording why it cannot be used."""
+    src = str(path)
+    try:
+        image = decode_image(path.read_bytes(), source=src)
+    except OSError as e:
+        builder.reject("file", f"cannot read the file ({e.strerror or e})", source=src)
+        return None
+    except ImageReadError as e:
+        reason = str(e).removeprefix(f"{src}: ")
+        if not is_image_path(path):
+            reason = f"not an image file (suffix {path.suffix or 'none'!r}): {reason}"
+        builder.reject("file", reason, source=src)
+        return None
+    return ImageInfo(str(path.resolve()), image.width, image.height, image.digest), image
+
+
+def _add_given(
+    builder: ImportBuilder, info: ImageInfo, entries: list[BoxEntry] | None, boxes_file: str | Path | None
+) -> None:
+    """The faces a box file gives for one image (a reject when it gives none)."""
+    if not entries:
+        builder.reject("file", f"no face box for this image in {boxes_file}", source=info.path)
+        return
+    for entry in entries:
+        builder.add_sample(entry.location, info, entry.box, box_source="given", detector_score=entry.score,
+                           source=str(boxes_file))  # fmt: skip
+
+
+def _reject_unmatched_boxes(
+    builder: ImportBuilder, given: dict[str, list[BoxEntry]], seen: set[str], boxes_file: Any, shard: bool
+) -> None:
+    """Box-file rows whose image is not among the pool's files."""
+    for key, entries in given.items():
+        # A shard (files given) sees only its own images: there, only a file that does not exist is missing.
+        if (key not in seen) if not shard else not Path(key).is_file():
+            for entry in entries:
+                builder.reject(entry.location, f"missing image: {key} is not among the pool's files",
+                               source=str(boxes_file))  # fmt: skip
+
+
 def build_pool(
     folder: str | Path,
     detector: str | None = "yuface",
@@ -182,47 +223,23 @@ def build_pool(
         detect = create_detector(detector, min_score=min_score, max_side=max_side)
     seen_keys: set[str] = set()
     for path in candidates:
-        src = str(path)
-        key = str(path.resolve())
-        seen_keys.add(key)
-        try:
-            data = path.read_bytes()
-            image = decode_image(data, source=src)
-        except OSError as e:
-            builder.reject("file", f"cannot read the file ({e.strerror or e})", source=src)
+        seen_keys.add(str(path.resolve()))
+        read = _read_pool_image(path, builder)
+        if read is None:
             continue
-        except ImageReadError as e:
-            reason = str(e).removeprefix(f"{src}: ")
-            if not is_image_path(path):
-                reason = f"not an image file (suffix {path.suffix or 'none'!r}): {reason}"
-            builder.reject("file", reason, source=src)
-            continue
-        info = ImageInfo(key, image.width, image.height, image.digest)
+        info, image = read
         if given is not None:
-            entries = given.get(key)
-            if not entries:
-                builder.reject("file", f"no face box for this image in {boxes_file}", source=src)
-                continue
-            for entry in entries:
-                builder.add_sample(entry.location, info, entry.box, box_source="given", detector_score=entry.score,
-                                   source=str(boxes_file))  # fmt: skip
+            _add_given(builder, info, given.get(info.path), boxes_file)
             continue
         assert detect is not None
         faces: list[Detection] = detect(image.rgb)
         if not faces:
-            builder.reject("file", f"no face found by {detector} (min score {min_score})", source=src)
+            builder.reject("file", f"no face found by {detector} (min score {min_score})", source=str(path))
             continue
         for k, face in enumerate(faces):
             # The raw box, even where it pokes out of the image: the box mapping is fitted on raw boxes too.
-            builder.add_sample(
-                f"face {k}", info, face.box, box_source=f"detector:{detector}", detector_score=face.score, source=src
-            )
+            builder.add_sample(f"face {k}", info, face.box, box_source=f"detector:{detector}",
+                               detector_score=face.score, source=str(path))  # fmt: skip
     if given is not None:
-        for key, entries in given.items():
-            # A shard (files given) sees only its own images: there, only a file that does not exist is missing.
-            if (key not in seen_keys) if files is None else not Path(key).is_file():
-                for entry in entries:
-                    builder.reject(
-                        entry.location, f"missing image: {key} is not among the pool's files", source=str(boxes_file)
-                    )
+        _reject_unmatched_boxes(builder, given, seen_keys, boxes_file, shard=files is not None)
     return builder.result()

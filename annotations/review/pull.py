@@ -273,102 +273,137 @@ def _users(client: LabelStudioClient) -> dict[int, str]:
 def _collect(
     store: Any, client: LabelStudioClient, pid: int, tasks: list[dict[str, Any]], report: PullReport, known: set[str]
 ) -> _Batch:
-    batch = _Batch()
-    samples = store.samples().set_index("sample_id")
     annotated = [t for t in tasks if t.get("annotations")]
-    if not annotated:
-        return batch
-    users = _users(client)
-    rounds = {int((t.get("data") or {}).get("round", -1)) for t in annotated}
-    parents = _parents(store, {r for r in rounds if r >= 0})
-    newer = _RefreshedParents(store, client)
-    source = f"{client.url}/projects/{pid}"
-    scheme = store.scheme
-
-    def reject(location: str, sid: str | None, rnd: int | None, reason: str) -> None:
-        batch.rejects.append(
-            {
-                "stage": "review",
-                "source": source,
-                "location": location,
-                "sample_id": sid,
-                "round": rnd,
-                "reason": reason,
-            }
-        )
-
+    collector = _Collector(store, client, pid, report, known, annotated)
     for task in annotated:
+        collector.task(task)
+    return collector.batch
+
+
+@dataclass
+class _TaskContext:
+    """What every annotation of one task shares."""
+
+    sid: str
+    rnd: int
+    tid: int
+    split: str
+    width: int
+    height: int
+    first_parent: _Parent
+    first_version: str | None
+    refreshed: bool
+    event: dict[str, Any]
+
+
+class _Collector:
+    """Turns annotated tasks into label rows, review events and rejects (one pull's :class:`_Batch`)."""
+
+    def __init__(self, store: Any, client: LabelStudioClient, pid: int, report: PullReport, known: set[str],
+                 annotated: list[dict[str, Any]]) -> None:  # fmt: skip
+        self.batch = _Batch()
+        self.client, self.pid, self.report, self.known = client, pid, report, known
+        self.scheme = store.scheme
+        self.samples = store.samples().set_index("sample_id")
+        self.source = f"{client.url}/projects/{pid}"
+        if annotated:
+            self.users = _users(client)
+            rounds = {int((t.get("data") or {}).get("round", -1)) for t in annotated}
+            self.parents = _parents(store, {r for r in rounds if r >= 0})
+            self.newer = _RefreshedParents(store, client)
+
+    def reject(self, location: str, sid: str | None, rnd: int | None, reason: str) -> None:
+        self.batch.rejects.append({"stage": "review", "source": self.source, "location": location,
+                                   "sample_id": sid, "round": rnd, "reason": reason})  # fmt: skip
+
+    def _context(self, task: dict[str, Any]) -> _TaskContext | None:
         tid, data = int(task["id"]), task.get("data") or {}
         sid = data.get("sample_id")
-        if sid is None or str(sid) not in samples.index or data.get("round") is None:
-            reject(f"task {tid}", None, None, "task carries no sample of this store (no or unknown data.sample_id)")
-            report.foreign += 1
-            continue
+        if sid is None or str(sid) not in self.samples.index or data.get("round") is None:
+            foreign = "task carries no sample of this store (no or unknown data.sample_id)"
+            self.reject(f"task {tid}", None, None, foreign)
+            self.report.foreign += 1
+            return None
         sid, rnd, parent_id = str(sid), int(data["round"]), data.get("label_id")
-        sample = samples.loc[sid]
-        width, height = int(sample["width"]), int(sample["height"])
-        first = parents.get(str(parent_id)) if parent_id is not None else None
+        sample = self.samples.loc[sid]
+        first = self.parents.get(str(parent_id)) if parent_id is not None else None
         first_parent = _Parent(
             None if parent_id is None else str(parent_id),
             None if first is None else first[0],
             first[1] if first is not None else data.get("model_version"),
             rnd,
         )
-        first_version = data.get("model_version") or (shown_model_version(first[1], rnd) if first else None)
-        refreshed = int(task.get("total_predictions") or 0) > 1
-        event = {"sample_id": sid, "round": rnd, "project_id": pid, "task_id": tid, "label_id": parent_id}
+        return _TaskContext(
+            sid=sid, rnd=rnd, tid=tid, split=str(sample["split"]), width=int(sample["width"]),
+            height=int(sample["height"]), first_parent=first_parent,
+            first_version=data.get("model_version") or (shown_model_version(first[1], rnd) if first else None),
+            refreshed=int(task.get("total_predictions") or 0) > 1,
+            event={"sample_id": sid, "round": rnd, "project_id": self.pid, "task_id": tid, "label_id": parent_id},
+        )  # fmt: skip
+
+    def task(self, task: dict[str, Any]) -> None:
+        ctx = self._context(task)
+        if ctx is None:
+            return
         for ann in sorted(task["annotations"], key=lambda a: (_parse_time(a["updated_at"]), int(a["id"]))):
-            aid, when = int(ann["id"]), ann["updated_at"]
-            where = f"task {tid} annotation {aid}"
-            if "result" not in ann:  # a server that ignores include=result for nested annotations
-                ann = client.annotation(aid)
-            if sample["split"] == "holdout":
-                reject(where, sid, rnd, "holdout sample: its review is not used")
-                continue
-            if ann.get("was_cancelled"):
-                batch.events.append({**event, "status": "skipped", "annotation_id": aid, "note": f"skipped {when}"})
-                continue
-            completed = {**event, "status": "completed", "annotation_id": aid, "note": f"version {when}"}
-            label_id = correction_label_id(pid, aid, when)
-            if label_id in known:  # this version is stored already; its event is written again (a no-op)
-                batch.events.append(completed)
-                continue
-            parsed = parse_annotation(ann.get("result") or [], scheme, width, height)
-            if parsed.choice in REJECT_CHOICES:
-                batch.events.append({**event, "status": "rejected", "annotation_id": aid, "note": parsed.choice})
-                reject(where, sid, rnd, f"reviewer chose {parsed.choice!r}")
-                continue
-            if not parsed.ok:
-                reject(where, sid, rnd, f"annotation not used: {parsed.problems(scheme)}")
-                report.invalid += 1
-                continue
-            parent = first_parent
-            if refreshed and ann.get("parent_prediction") is not None:
-                parent = newer.find(int(ann["parent_prediction"]), sid, rnd, first_version) or first_parent
-            if parent.landmarks is not None:
-                moved = moved_landmarks(parsed, parent.landmarks, width, height)
-            else:  # nothing to compare with: trust the editor's origin marks only
-                moved = np.array([o == "prediction-changed" for o in parsed.origin], dtype=bool)
-            who = ann.get("completed_by")
-            who = who.get("id") if isinstance(who, dict) else who
-            batch.label_rows.append(
-                {
-                    "label_id": label_id,
-                    "sample_id": sid,
-                    "source": "corrected",
-                    "round": parent.round,
-                    "model_version": parent.model_version,
-                    "annotator": users.get(int(who), str(who)) if who is not None else None,
-                    "ls_task_id": tid,
-                    "ls_annotation_id": aid,
-                    "parent_label_id": parent.label_id,
-                    "created_at": _parse_time(when),
-                }
-            )
-            batch.landmarks.append(parsed.landmarks)
-            batch.moved.append(moved)
-            batch.events.append(completed)
-    return batch
+            self.annotation(ctx, ann)
+
+    def annotation(self, ctx: _TaskContext, ann: dict[str, Any]) -> None:
+        aid, when = int(ann["id"]), ann["updated_at"]
+        where = f"task {ctx.tid} annotation {aid}"
+        if "result" not in ann:  # a server that ignores include=result for nested annotations
+            ann = self.client.annotation(aid)
+        if ctx.split == "holdout":
+            self.reject(where, ctx.sid, ctx.rnd, "holdout sample: its review is not used")
+            return
+        if ann.get("was_cancelled"):
+            skipped = {**ctx.event, "status": "skipped", "annotation_id": aid, "note": f"skipped {when}"}
+            self.batch.events.append(skipped)
+            return
+        completed = {**ctx.event, "status": "completed", "annotation_id": aid, "note": f"version {when}"}
+        label_id = correction_label_id(self.pid, aid, when)
+        if label_id in self.known:  # this version is stored already; its event is written again (a no-op)
+            self.batch.events.append(completed)
+            return
+        parsed = parse_annotation(ann.get("result") or [], self.scheme, ctx.width, ctx.height)
+        if parsed.choice in REJECT_CHOICES:
+            self.batch.events.append({**ctx.event, "status": "rejected", "annotation_id": aid, "note": parsed.choice})
+            self.reject(where, ctx.sid, ctx.rnd, f"reviewer chose {parsed.choice!r}")
+            return
+        if not parsed.ok:
+            self.reject(where, ctx.sid, ctx.rnd, f"annotation not used: {parsed.problems(self.scheme)}")
+            self.report.invalid += 1
+            return
+        self._correction(ctx, ann, parsed, label_id, when)
+        self.batch.events.append(completed)
+
+    def _correction(self, ctx: _TaskContext, ann: dict[str, Any], parsed: Any, label_id: str, when: str) -> None:
+        parent = ctx.first_parent
+        if ctx.refreshed and ann.get("parent_prediction") is not None:
+            found = self.newer.find(int(ann["parent_prediction"]), ctx.sid, ctx.rnd, ctx.first_version)
+            parent = found or ctx.first_parent
+        if parent.landmarks is not None:
+            moved = moved_landmarks(parsed, parent.landmarks, ctx.width, ctx.height)
+        else:  # nothing to compare with: trust the editor's origin marks only
+            moved = np.array([o == "prediction-changed" for o in parsed.origin], dtype=bool)
+        who = ann.get("completed_by")
+        who = who.get("id") if isinstance(who, dict) else who
+        self.batch.label_rows.append(
+            {
+                "label_id": label_id,
+                "sample_id": ctx.sid,
+                "source": "corrected",
+                "round": parent.round,
+                "model_version": parent.model_version,
+                "annotator": self.users.get(int(who), str(who)) if who is not None else None,
+                "ls_task_id": ctx.tid,
+                "ls_annotation_id": int(ann["id"]),
+                "parent_label_id": parent.label_id,
+                "created_at": _parse_time(when),
+            }
+        )
+        self.batch.landmarks.append(parsed.landmarks)
+        self.batch.moved.append(moved)
 
 
 def _write(store: Any, batch: _Batch, report: PullReport, known: set[str], corrected: pd.DataFrame) -> None:

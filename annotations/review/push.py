@@ -216,30 +216,11 @@ def push_reviews(
         ready = _validated(store, project, todo, report)
         ensure_image_access(client, project.id, {it.storage_dir for it, _ in ready if it.storage_dir is not None})
         for start in range(0, len(ready), chunk_size):
-            chunk = ready[start : start + chunk_size]
-            with store.lock():
-                found = existing_tasks(client, project.id, [it.sample_id for it, _ in chunk])
-                known = [it for it, _ in chunk if it.sample_id in found]
-                if known:
-                    task_ids = [int(found[it.sample_id]["id"]) for it in known]
-                    store.add_reviews(_review_rows(known, task_ids, project.id, "recovered"))
-                    report.recovered += len(known)
-                    done.update(it.sample_id for it in known)
-                new = [(it, t) for it, t in chunk if it.sample_id not in found]
-                if new:
-                    task_ids = client.import_tasks(project.id, [t for _, t in new])
-                    store.add_reviews(_review_rows([it for it, _ in new], task_ids, project.id, "pushed"))
-                    report.pushed += len(new)
-                    report.task_ids += task_ids
-                    done.update(it.sample_id for it, _ in new)
+            _push_chunk(store, client, project.id, ready[start : start + chunk_size], report, done)
             _set_pending(store, [it for it, _ in ready[start + chunk_size :]])
     except ReviewUnavailable as e:
         report.error = str(e)
-        unsent = (
-            [it for it in items if it.sample_id not in done]
-            if not ready
-            else [it for it, _ in ready if it.sample_id not in done]
-        )
+        unsent = [it for it in (items if not ready else [it for it, _ in ready]) if it.sample_id not in done]
         report.pending = len(unsent)
         _set_pending(store, unsent)
         log.warning("Label Studio unavailable: %d faces pending for the next push (%s)", len(unsent), e)
@@ -250,6 +231,32 @@ def push_reviews(
         _update_model_version(store, client, report.project_id, [it for it, _ in ready if it.sample_id in done], report)
         _refresh(store, client, report.project_id, int(round), labels, report)
     return report
+
+
+def _push_chunk(
+    store: Any,
+    client: LabelStudioClient,
+    project_id: int,
+    chunk: list[tuple[ReviewItem, dict[str, Any]]],
+    report: PushReport,
+    done: set[str],
+) -> None:
+    """Import one chunk of tasks, after recovering those a crashed push already delivered."""
+    with store.lock():
+        found = existing_tasks(client, project_id, [it.sample_id for it, _ in chunk])
+        known = [it for it, _ in chunk if it.sample_id in found]
+        if known:
+            task_ids = [int(found[it.sample_id]["id"]) for it in known]
+            store.add_reviews(_review_rows(known, task_ids, project_id, "recovered"))
+            report.recovered += len(known)
+            done.update(it.sample_id for it in known)
+        new = [(it, t) for it, t in chunk if it.sample_id not in found]
+        if new:
+            task_ids = client.import_tasks(project_id, [t for _, t in new])
+            store.add_reviews(_review_rows([it for it, _ in new], task_ids, project_id, "pushed"))
+            report.pushed += len(new)
+            report.task_ids += task_ids
+            done.update(it.sample_id for it, _ in new)
 
 
 def _shown(store: Any, project_id: int) -> tuple[int, str] | None:

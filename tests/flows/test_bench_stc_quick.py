@@ -67,7 +67,7 @@ def test_quick_run_writes_every_table_with_every_method(quick_run: tuple[Path, P
         assert any(line.startswith(f"| {title} |") for line in rows), f"no table row for {title!r}"
     assert any(line.startswith("| supervised (2 epochs) | ") for line in rows)
     assert any(line.startswith(f"| supervised ({res['long_epochs']} epochs) | ") for line in rows)
-    assert res["long_epochs"] == res["config"]["epochs"] * (res["rounds"] + 1)
+    assert res["long_epochs"] == res["config"]["train"]["epochs"] * (res["rounds"] + 1)
     assert set(res["controls"]) == {"paper+review", "confidence+review"}
     for key, control in res["controls"].items():
         assert control["faces_added"] == res["methods"][key]["rounds"][-1]["corrected_total"] > 0
