@@ -2,7 +2,7 @@
 
 Everything here reads a store a benchmark round wrote and the generator's truth; nothing is trained.
 The confidence signals come from :class:`pipnet_core.predict.Predictor` (score peak, neighbour-vote
-spread, coarse/fine agreement, flip disagreement; DESIGN.md section 4); the combined confidence is
+spread, coarse/fine agreement, flip disagreement; docs/algorithm.md section 5.1); the combined confidence is
 :class:`pipnet_core.confidence.ConfidenceModel`, fitted on the calibration half of the holdout that
 ``flows.evaluation.evaluate_round`` uses and measured on the other half.
 """
@@ -36,7 +36,7 @@ __all__ = [
     "pseudo_label_quality",
 ]
 
-GROSS_NME = 0.1  # a gross error (a failure): the FR@0.1 threshold of PIPNET_SPEC.md section 11
+GROSS_NME = 0.1  # a gross error (a failure): the FR@0.1 threshold of docs/algorithm.md section 2.12
 # Signal -> (title, sign that makes "higher = worse"): a high score peak and a high coarse/fine agreement
 # mean a surer landmark, so they are negated; vote spread and flip disagreement grow with the error.
 SIGNALS: dict[str, tuple[str, float]] = {

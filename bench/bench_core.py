@@ -4,7 +4,7 @@ Measures, at 256x256 with N = 68 landmarks:
 
 * the machine's practical fp32 ceiling: ``torch.mm`` of 4096^3 (GFLOP/s);
 * the model's multiply-adds per image, counted with ``torch.utils.flop_counter`` (2.420 GMAC
-  expected, shared/reference/CPU_SPEED.md B.2);
+  expected, docs/speed.md section 2);
 * forward throughput at batch 1, 8 and 32: torch eager fp32 (NCHW), channels_last, bf16 autocast,
   and ONNX Runtime (the pool-labeling path), each as images/s, GFLOP/s and % of the matmul rate;
   batch-1 latency;
@@ -14,7 +14,7 @@ Measures, at 256x256 with N = 68 landmarks:
 
 Every timing is the median of rounds, each at least ``min_time`` seconds; the CPU share each got
 (process CPU time / wall time / threads) is printed beside it, because another process on the same
-cores halves the numbers (CPU_SPEED.md B.5). Run with nothing else on the machine.
+cores halves the numbers (docs/speed.md section 5). Run with nothing else on the machine.
 
     python bench/bench_core.py            # full, about 4-5 minutes on 2 cores
     python bench/bench_core.py --quick    # smoke test, well under a minute

@@ -14,7 +14,7 @@ Issue 7. One run, same data, same training budget per round, side by side:
   to tell the value of the reviewed faces from that of the self-training around them.
 
 Data (flows.demo.make_demo_data): a small labeled set in the ``studio`` domain, a holdout and a pool in
-the shifted ``wild`` domain (the paper's cross-domain setting, DESIGN.md section 7); the pool has
+the shifted ``wild`` domain (the paper's cross-domain setting, docs/architecture.md section 6); the pool has
 simulated detector boxes and its truth kept aside. Round 0 is trained once in a base store, which is
 then copied per method; each method runs R self-training rounds. The steps are the plain functions of
 flows/ (train_round, evaluate_round, label_shard) and annotations/ (plan_pool_shards, round_candidates),

@@ -1,6 +1,6 @@
 """Label store benchmark: 1M pseudo-labels of 68 landmarks written and read the way the flows do.
 
-Reports, measured side by side in one run (DESIGN.md section 8):
+Reports, measured side by side in one run (docs/speed.md section 1):
 
 * write rate (labels/s) of ``Store.add_labels`` in batches (10 x 100k by default: a pool-labelling
   round writes shard by shard), everything included (validation, label ids, dedupe, lock, fsync);
@@ -16,7 +16,7 @@ Reports, measured side by side in one run (DESIGN.md section 8):
 
 Labels are random (the worst case for compression: real landmarks compress better). Timings are the
 best of ``--repeats`` runs; the CPU share the process got is printed beside them (the machine is
-shared; reference/CPU_SPEED.md).
+shared; docs/speed.md section 5).
 
 Usage: ``python bench/bench_store.py [--rows 1000000] [--batches 10] [--quick] [--dir PATH]``
 """

@@ -34,7 +34,7 @@ def _env_defaults() -> None:
     # process shares the cores (measured here: 0.5 s vs 5-8 s per training step); passive waiting
     # costs little on an idle machine. Set OMP_WAIT_POLICY=ACTIVE to opt out.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    # A slow first start on 2 busy cores exceeds Prefect's 20 s default (shared/reference/PREFECT.md)
+    # A slow first start on 2 busy cores exceeds Prefect's 20 s default (docs/orchestration.md section 2)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")

@@ -4,7 +4,7 @@
 :class:`pipnet_core.config.TrainConfig` for everything training needs, so every training setting
 (weight decay, augmentation, device, ...) can be set per round and is written to the round's
 ``config.json``. Defaults follow the official PIPNet GSSL setting (docs/algorithm.md sections 2 and
-3): ResNet-18, 256 input, stride 32, 10 neighbours, 60 epochs, batch 16, Adam 1e-4, the 1.3
+4): ResNet-18, 256 input, stride 32, 10 neighbours, 60 epochs, batch 16, Adam 1e-4, the 1.3
 landmark-box crop. ``demo()`` and ``tiny()`` are smaller configurations of the same code for a
 2-core machine.
 
@@ -41,7 +41,7 @@ class STCConfig:
     # --- training (pipnet_core.config.TrainConfig): model, optimiser, epochs, augmentation, device, seed.
     # A round trains with seed train.seed + k and, when it warm-starts, init_from = the last round's model.
     train: TrainConfig = field(default_factory=TrainConfig)
-    crop_scale: float = 1.3  # GSSL 300W crop: landmark box x1.3 (docs/algorithm.md section 2.1)
+    crop_scale: float = 1.3  # GSSL 300W crop: landmark box x1.3 (docs/algorithm.md section 3.3)
     # --- the curriculum (pipnet_core.curriculum)
     schedule: str = "paper"  # paper | confidence | plain
     warm_start: bool | None = None  # None: the schedule's own choice (paper: from scratch)

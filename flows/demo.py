@@ -1,7 +1,7 @@
 """``pipstc demo``: the whole loop on synthetic faces, in minutes, on embedded defaults.
 
 A small labeled set in the ``studio`` domain, a pool and a holdout in the shifted ``wild`` domain
-(the paper's cross-domain setting, DESIGN.md section 7); round 0 and STC rounds on Prefect's
+(the paper's cross-domain setting, docs/architecture.md section 6); round 0 and STC rounds on Prefect's
 temporary local server (or PREFECT_API_URL when set); the least confident faces pushed to Label
 Studio when PIPSTC_LABEL_STUDIO_URL/TOKEN are set, otherwise written as a Label Studio import file;
 a report at the end. Rerunning resumes where it stopped; ``--fresh`` starts over.

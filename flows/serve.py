@@ -2,7 +2,7 @@
 
 Serves two deployments from this process: the scheduled STC round (a cron, one run at a time) and
 the review sync (every few minutes). Stop with SIGTERM; that pauses the schedules
-(shared/reference/PREFECT.md section 2.6).
+(docs/orchestration.md section 7).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Prefect flows of pipstc: one STC round, the whole STC schedule, pool labeling, review sync, ingestion.
 
-A round (docs/architecture.md): sync reviews -> train -> evaluate on the holdout -> pseudo-label the
+A round (docs/architecture.md section 3): sync reviews -> train -> evaluate on the holdout -> pseudo-label the
 pool -> select and push reviews -> report. Every step is recorded in the store when it completes;
 rerunning a round that died skips the completed steps and resumes after the last one. Flows are
 nouns and read as the round's story; the work is in :mod:`flows.tasks` and the plain functions

@@ -1,4 +1,4 @@
-"""Training augmentation of PIPNet, with landmarks moved with the image (PIPNET_SPEC.md section 8).
+"""Training augmentation of PIPNet, with landmarks moved with the image (docs/algorithm.md section 2.9).
 
 The official pipeline (``lib/data_utils.py``) applies, in this order, to the stored square crop:
 translate, occlusion, horizontal flip, rotation, Gaussian blur, grayscale — each with its own
@@ -105,7 +105,7 @@ def _rotate(img: np.ndarray, lm: np.ndarray, rng: np.random.Generator, cfg: Augm
     t = np.deg2rad(deg)
     c, s = np.cos(t), np.sin(t)
     px, py = lm[:, 0] - 0.5, lm[:, 1] - 0.5
-    # Spec section 8: x' = 0.5 + dx cos + dy sin, y' = 0.5 - dx sin + dy cos; not clipped.
+    # docs/algorithm.md section 2.9: x' = 0.5 + dx cos + dy sin, y' = 0.5 - dx sin + dy cos; not clipped.
     rotated = np.stack([0.5 + px * c + py * s, 0.5 - px * s + py * c], axis=1).astype(lm.dtype)
     return out, rotated
 

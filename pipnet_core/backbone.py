@@ -4,7 +4,7 @@ He et al., "Deep Residual Learning for Image Recognition", CVPR 2016. The layout
 name follow torchvision's ``resnet18/50/101`` (``conv1, bn1, layer1..4`` of ``BasicBlock`` /
 ``Bottleneck`` blocks with ``conv1/bn1/conv2/bn2[/conv3/bn3]/downsample.0/.1``, then ``fc``), so a
 torchvision-format ImageNet state dict file loads with ``strict=True``. torchvision itself is not used:
-its wheel does not load beside the CPU torch build on these machines (DESIGN.md section 4), and
+its wheel does not load beside the CPU torch build on these machines (docs/algorithm.md section 2.2), and
 nothing is downloaded here; weights come from a file the user gives.
 
 ``base_width`` scales every stage (64 is the real network); narrower nets keep the same names and are
@@ -123,7 +123,7 @@ class ResNet(nn.Module):
         self.layer3 = self._make_layer(block, base_width * 4, layers[2], stride=2)
         self.layer4 = self._make_layer(block, base_width * 8, layers[3], stride=2)
         self.out_channels = base_width * 8 * block.expansion
-        # Kept only so that ImageNet files load strictly; PIPNet drops avgpool/fc (spec 3.2).
+        # Kept only so that ImageNet files load strictly; PIPNet drops avgpool/fc (docs/algorithm.md section 2.2).
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.out_channels, num_classes)
         for m in self.modules():

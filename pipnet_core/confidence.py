@@ -1,4 +1,4 @@
-"""Confidence per landmark and per face, from signals PIPNet gives for free (DESIGN.md section 4).
+"""Confidence per landmark and per face, from signals PIPNet gives for free (docs/algorithm.md sections 5.1, 5.2).
 
 PIPNet's raw score peak is a weak confidence: the score map is trained with MSE towards a one-hot
 target, can exceed 1 and can be high on occluded points. Better signals come with the model:
@@ -21,7 +21,7 @@ It is deliberately small, so that a holdout of a few dozen faces calibrates it:
 3. a monotone rescale ``log NME = a + b log raw`` (b > 0) calibrates it against the real face NMEs;
 4. confidences are probabilities under the fitted log-normal residuals: a landmark's confidence is
    P(error < ``landmark_threshold``), a face's is P(NME < ``face_threshold``); both default to 0.1,
-   the failure threshold of FR@0.1 (PIPNET_SPEC.md section 11).
+   the failure threshold of FR@0.1 (docs/algorithm.md section 2.12).
 
 Errors are in the scheme's NME units (pipnet_core.metrics.landmark_errors).
 """

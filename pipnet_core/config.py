@@ -1,7 +1,7 @@
 """Training settings of PIPNet as one frozen dataclass, importable without torch.
 
 The defaults are the official ones (PIPNet, ``lib/train.py`` and the experiment configs of
-jhb86253817/PIPNet; docs/algorithm.md section 2.5). :mod:`pipnet_core.train` trains with it, and the
+jhb86253817/PIPNet; docs/algorithm.md section 2.10). :mod:`pipnet_core.train` trains with it, and the
 round config of the flows (``flows.config.STCConfig``) composes it, so every training setting can be
 set per round and lands in the round's ``config.json``.
 """
@@ -19,7 +19,7 @@ __all__ = ["TrainConfig"]
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training settings; the defaults are the official PIPNet ones (PIPNET_SPEC.md section 9)."""
+    """Training settings; the defaults are the official PIPNet ones (docs/algorithm.md section 2.10)."""
 
     epochs: int = 60  # official; the demo and tests use far fewer
     batch_size: int = 16  # official, per process under DDP
@@ -31,7 +31,7 @@ class TrainConfig:
     num_nb: int = 10  # C, neighbours per landmark, official
     backbone: str = "resnet18"  # the "lightweight" PIPNet of the paper
     base_width: int = 64  # 64 is the real ResNet; smaller only for tests and demos
-    cls_weight: float = 10.0  # official score weight at S = 8 (spec 6)
+    cls_weight: float = 10.0  # official score weight at S = 8 (docs/algorithm.md section 2.8)
     reg_weight: float = 1.0  # official regression weight
     weight_decay: float | None = None  # None: the official rule, 0 from pretrained weights, 5e-4 from scratch
     imagenet_weights: str | None = None  # torchvision-format ResNet file; None: random init (nothing downloaded)
@@ -39,7 +39,7 @@ class TrainConfig:
     meanface: str = "scheme"  # neighbour topology from the scheme's mean face, or "data" (mean of the labels)
     seed: int = 0  # seeds torch, numpy, random and the per-sample augmentation
     num_workers: int = 1  # loader processes; one overlaps decoding with the step on 2-core machines
-    channels_last: bool = True  # NHWC convolutions: ~15% faster training on CPU (CPU_SPEED.md B.4)
+    channels_last: bool = True  # NHWC convolutions: ~15% faster training on CPU (docs/speed.md section 4)
     device: str = "auto"  # "auto": CUDA when available, else CPU
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
 

@@ -12,10 +12,10 @@ Conventions (used everywhere in pipstc):
 * **Normalised crop coordinates** ``u = (x - x0) / (x1 - x0)``, ``v`` likewise: the crop box is
   ``[0, 1]^2``. A crop resized to ``size`` pixels shows normalised ``u`` at continuous crop pixel
   ``u * size`` (pixel index ``u * size - 0.5``). Mirroring the crop is then exactly ``u -> 1 - u`` and
-  a rotation about the crop centre is a rotation about (0.5, 0.5), as PIPNET_SPEC.md section 8 writes
+  a rotation about the crop centre is a rotation about (0.5, 0.5), as docs/algorithm.md section 2.9 writes
   them.
 
-The official PIPNet crops (PIPNET_SPEC.md section 7) enlarge a box about its centre (x1.1 for 300W,
+The official PIPNet crops (docs/algorithm.md section 3) enlarge a box about its centre (x1.1 for 300W,
 x1.2 WFLW, x1.3 for the GSSL sets) and, for in-the-wild detector boxes (demo, CelebA), move the crop
 down to cut some forehead (issue #52: intended). :func:`enlarge_box` expresses all of them with a
 per-axis scale and a downward shift of the centre; e.g. the demo crop is ``scale=(1.2, 1.0),
@@ -46,7 +46,7 @@ def enlarge_box(box: np.ndarray, scale: float | tuple[float, float] = 1.3, shift
         box: (4,) or (B, 4) boxes ``(x0, y0, x1, y1)``, pixels.
         scale: Factor on the width and height (one number), or ``(scale_x, scale_y)``. The box keeps
             its aspect ratio (it is not made square): the crop resize absorbs it, as in the official
-            pipeline (NME is then taken in the anisotropic crop, spec section 11).
+            pipeline (NME is then taken in the anisotropic crop, docs/algorithm.md section 2.12).
         shift_y: Downward move of the centre as a fraction of the **original** box height.
 
     Returns:

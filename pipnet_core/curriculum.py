@@ -1,14 +1,14 @@
 """Curriculum policies: which task (level) each pseudo-label supervises in a round.
 
-The paper's STC (PIPNet, Jin, Liao & Shao; official ``train_gssl.py``, PIPNET_SPEC.md section 12.5)
+The paper's STC (PIPNet, Jin, Liao & Shao; official ``train_gssl.py``, docs/algorithm.md section 4.4)
 gives every pseudo-label of round r the same task: ``[cls3, cls2, std, std, std]`` for rounds 1..5,
-retraining from scratch each round. pipstc adds a confidence-routed policy (DESIGN.md section 4):
+retraining from scratch each round. pipstc adds a confidence-routed policy (docs/algorithm.md section 5.3):
 each pseudo-label is routed by its own predicted error — sure -> ``std`` (full task), unsure ->
 ``cls2``/``cls3`` (coarse maps only), very unsure -> ``review`` (out of training until a person fixes
 it). Plain self-training (every pseudo-label at ``std``) is kept for comparison.
 
 A policy is a plain object with ``levels(round, predicted_nme) -> (M,) array of str``, so further
-schedules (e.g. STLD, reference/STLD.md) plug in without touching the loop. NumPy only.
+schedules (e.g. STLD, docs/algorithm.md section 6) plug in without touching the loop. NumPy only.
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
-"""Decode PIPNet outputs into landmarks, vectorised over the batch (PIPNET_SPEC.md section 10).
+"""Decode PIPNet outputs into landmarks, vectorised over the batch (docs/algorithm.md section 2.11).
 
 For each landmark i the raw score map's argmax cell ``id`` gives ``cx = id % S``, ``cy = id // S``
 (integer division: the true-division bug of issue #4 cost COFW 5 points of NME). The own estimate is
 ``((cx + ox) / S, (cy + oy) / S)``; the neighbour heads at the same cell give landmark i's votes for
 its C neighbours. The merged landmark k is the plain mean of its own estimate and its ``max_len``
-cyclically padded votes (reverse index, section 4), so the own estimate always weighs
+cyclically padded votes (reverse index, section 2.6), so the own estimate always weighs
 ``1 / (1 + max_len)`` (1/23 on 300W) and votes from rarely-voting landmarks are duplicated: this is
 what the published numbers use.
 
-Beside the landmarks this returns the free confidence signals of DESIGN.md section 4:
+Beside the landmarks this returns the free confidence signals of docs/algorithm.md section 5.1:
 
 * ``score_peak``: the raw maximum of the cls1 map (weak on its own: it can exceed 1 and can be high
   on occluded points);

@@ -1,8 +1,8 @@
 """ONNX export of PIPNet: the seven raw outputs, decoding stays in NumPy (pipnet_core.decode).
 
 ONNX Runtime is the fastest CPU path for the model here (~90% of the measured FMA peak against ~50%
-for torch eager fp32; shared/reference/CPU_SPEED.md B.3), so pool labeling runs through it. As in
-torchlm's export (PIPNET_SPEC.md section 16) the graph ends at the heads; the argmax, offsets and
+for torch eager fp32; docs/speed.md section 3), so pool labeling runs through it. As in
+torchlm's export (docs/algorithm.md section 2.14) the graph ends at the heads; the argmax, offsets and
 neighbour merge are done outside, with the neighbour table from the checkpoint.
 
 The graph has one input ``image`` (B, 3, S, S) float32, ImageNet-normalised RGB, with a dynamic batch

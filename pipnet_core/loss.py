@@ -1,7 +1,7 @@
 """PIPNet's masked training loss (score MSE x 10 + L1 offsets and neighbours at the true cell).
 
 Official code ``lib/functions_gssl.py`` (masked multi-scale form) and ``lib/functions.py`` (plain
-form), summarised in shared/reference/PIPNET_SPEC.md sections 6 and 12.4:
+form), summarised in docs/algorithm.md sections 2.8 and 4.3:
 
 * score: the per-(b, i) concatenation of the cls1 | cls2 | cls3 maps, ``sum(mask * (pred - tgt)^2) /
   sum(mask)``, where a sample's level decides which maps are active (``std`` and ``cls1``: cls1;
@@ -97,7 +97,7 @@ def pip_loss(
     Args:
         out: Model outputs.
         tgt: Targets on the same device.
-        cls_weight: Score-loss weight; 10 at S = 8 in the official configs (spec 6: chosen so the
+        cls_weight: Score-loss weight; 10 at S = 8 in the official configs (docs/algorithm.md section 2.8: chosen so the
             score loss is comparable to the regression loss).
         reg_weight: Weight of each regression term; 1 in the official configs.
 

@@ -3,14 +3,14 @@
 PIPNet (Jin, Liao & Shao, "Pixel-in-Pixel Net", IJCV 2021) lets every landmark also predict the
 positions of its C nearest landmarks on the mean face; at test time each landmark's own estimate is
 averaged with the votes the other landmarks cast for it. This module builds that topology exactly as
-the official code does (``lib/functions.py: get_meanface``, summarised in PIPNET_SPEC.md section 4):
+the official code does (``lib/functions.py: get_meanface``, summarised in docs/algorithm.md sections 2.5-2.6):
 
 * the mean face is the mean of the normalised training landmarks (crop coordinates in [0, 1]);
 * the neighbours of landmark i are the next C entries of the ascending argsort (numpy's default
   sort) of the squared distances from i on the mean face, i itself dropped;
 * the reverse index lists, for every landmark k, the pairs (i, j) with ``nb[i, j] == k``; the
   lists are padded to ``max_len = max_k L_k`` by cyclic repetition (the list is appended to itself
-  ten times, then truncated), so the merge is a fixed-size mean (section 10) and some votes count
+  ten times, then truncated), so the merge is a fixed-size mean (section 2.11) and some votes count
   more than once. Matching published numbers needs this padding reproduced exactly.
 
 The padding is only possible when every landmark is somebody's neighbour (``L_k >= 1``) and the
@@ -164,7 +164,7 @@ def neighbour_table_from_nb(nb: np.ndarray) -> NeighbourTable:
 
 
 def build_neighbour_table(meanface: np.ndarray, num_nb: int = 10) -> NeighbourTable:
-    """The official neighbour table and merge index of a mean face (PIPNET_SPEC.md section 4).
+    """The official neighbour table and merge index of a mean face (docs/algorithm.md sections 2.5-2.6).
 
     Args:
         meanface: (N, 2) mean face in normalised crop coordinates.

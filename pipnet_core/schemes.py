@@ -2,12 +2,12 @@
 
 A scheme is plain data (numpy at most, never torch) so that ``annotations/`` can import it without
 pulling the model in. Built-in layouts follow the official PIPNet repository (jhb86253817/PIPNet,
-snapshot b9eab58), summarised in ``shared/reference/PIPNET_SPEC.md``:
+snapshot b9eab58), summarised in ``docs/algorithm.md``:
 
-* flip tables (section 8): ``flip[i]`` is the landmark that lands at slot ``i`` after mirroring;
-* NME normalisation (section 11): the outer eye corners for 300W (36, 45), WFLW (60, 72) and COFW
+* flip tables (section 2.9): ``flip[i]`` is the landmark that lands at slot ``i`` after mirroring;
+* NME normalisation (section 2.12): the outer eye corners for 300W (36, 45), WFLW (60, 72) and COFW
   (8, 9); the face box for AFLW;
-* official mean faces (section 4), shipped in ``pipnet_core/data`` as normalised crop coordinates.
+* official mean faces (section 2.5), shipped in ``pipnet_core/data`` as normalised crop coordinates.
 
 Custom schemes are read from a small JSON or YAML file, see :func:`load_scheme`.
 """

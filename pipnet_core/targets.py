@@ -1,4 +1,4 @@
-"""Training targets of PIPNet and of its STC curriculum levels (PIPNET_SPEC.md sections 5 and 12.3).
+"""Training targets of PIPNet and of its STC curriculum levels (docs/algorithm.md sections 2.7 and 4.2).
 
 For a grid of S x S cells over the crop, landmark i at normalised (x, y) is assigned the cell
 ``mx = clamp(floor(x * S), 0, S - 1)``, ``my`` likewise. The score target is one-hot at that cell (no
@@ -10,7 +10,7 @@ clamped cell and offsets outside [0, 1).
 :func:`encode_dense` writes the maps exactly as the official data loader does; :func:`build_targets`
 gives the compact form the loss needs (the GT cell index and the values there), the coarse one-hot
 maps for STC (``cls2`` at S/2, ``cls3`` at S/4, the maps the shared score head produces on max-pooled
-features, section 12.2) and the per-sample masks of the curriculum levels:
+features, section 4.1) and the per-sample masks of the curriculum levels:
 
 =======  ==========================================
 level    supervised outputs
@@ -106,7 +106,7 @@ def _one_hot(mx: np.ndarray, my: np.ndarray, valid: np.ndarray, size: int, dtype
 def encode_dense(
     landmarks: np.ndarray, grid: int, nb: np.ndarray, dtype: np.dtype | type = np.float32
 ) -> dict[str, np.ndarray]:
-    """Dense PIPNet target maps, as the official data loader writes them (spec section 5).
+    """Dense PIPNet target maps, as the official data loader writes them (docs/algorithm.md section 2.7).
 
     Args:
         landmarks: (B, N, 2) normalised crop coordinates; NaN landmarks leave their maps zero.
@@ -143,7 +143,7 @@ def build_targets(
     dtype: np.dtype | type = np.float32,
     coarse: bool = True,
 ) -> Targets:
-    """Compact targets and curriculum masks for a batch (spec sections 5, 12.3, 12.4).
+    """Compact targets and curriculum masks for a batch (docs/algorithm.md sections 2.7, 4.2, 4.3).
 
     Args:
         landmarks: (B, N, 2) normalised crop coordinates; NaN = missing; values outside [0, 1] are
@@ -187,7 +187,7 @@ def build_targets(
         if not coarse or size == 0:
             return np.zeros((b, n, 0, 0), dtype=dtype)
         # Coarse cell = fine cell // factor (clamped): the cell of a 2x2 / 4x4 max-pool window, which for
-        # S divisible by 4 equals the spec's floor(x * S / factor) rule.
+        # S divisible by 4 equals the floor(x * S / factor) rule (docs/algorithm.md section 4.2).
         cx = np.minimum(mx // factor, size - 1)
         cy = np.minimum(my // factor, size - 1)
         return _one_hot(cx, cy, valid, size, dtype)

@@ -1,7 +1,7 @@
 """Training of PIPNet: configuration, the epoch loop, resumable checkpoints.
 
-Optimisation follows the official code (``lib/train.py``, ``lib/train_gssl.py``; PIPNET_SPEC.md
-section 9): Adam at 1e-4, MultiStepLR (x0.1 at epochs 30 and 50) stepped per epoch, 60 epochs,
+Optimisation follows the official code (``lib/train.py``, ``lib/train_gssl.py``; docs/algorithm.md
+section 2.10): Adam at 1e-4, MultiStepLR (x0.1 at epochs 30 and 50) stepped per epoch, 60 epochs,
 batch 16 with ``drop_last``, loss 10 x score MSE + L1 offsets/neighbours. What pipstc adds: a
 checkpoint after every epoch, written atomically and resumable to the same weights an uninterrupted
 run reaches, that embeds everything needed to use the model (scheme, mean face, neighbour table,

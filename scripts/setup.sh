@@ -17,7 +17,7 @@ fi
 .venv/bin/pip install -q -e ".[dev]" 2>&1 | quiet
 
 if [ "${1:-}" = "--labelstudio" ]; then
-  # The server lives in its own venv: beside prefect, pip would downgrade prefect (shared/reference/LABEL_STUDIO.md)
+  # The server lives in its own venv: beside prefect, pip would downgrade prefect (docs/review.md section 10)
   if [ ! -x .venv-labelstudio/bin/label-studio ]; then
     "$PY" -m venv .venv-labelstudio
     .venv-labelstudio/bin/pip install -q "label-studio==1.23.2" 2>&1 | quiet

@@ -1,6 +1,6 @@
 """Synthetic faces with an exact 68-point (300W layout) ground truth, for the demo, tests and STC benchmark.
 
-No public landmark dataset can be downloaded here (DESIGN.md section 7), so pipstc draws its own
+No public landmark dataset can be downloaded here (docs/architecture.md section 6), so pipstc draws its own
 faces. The shape is a parametric 3D layout: the official 300W mean face of PIPNet
 (``get_scheme("300w").meanface_array``, made left-right symmetric) gives x/y, each region gets a
 plausible depth (hand-set: nose forward, eye corners and jaw receding), identity and expression

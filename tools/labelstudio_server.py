@@ -1,6 +1,6 @@
 """Start and stop a local Label Studio server for tests, benchmarks and a one-person review setup.
 
-The recipe follows ``shared/reference/LABEL_STUDIO.md`` sections 2 and 7 (measured on label-studio
+The recipe follows docs/review.md section 10 (measured on label-studio
 1.23.2): the server lives in its own virtual environment (it must not share one with prefect), binds
 127.0.0.1 on a port we pick ourselves (``label-studio start`` silently moves to the next port when
 the asked one is busy), gets a preset legacy token (which 1.23 honours only when
@@ -53,11 +53,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Fresh data dirs took up to 67 s under CPU contention (LABEL_STUDIO.md 2.3); 240 s leaves room for a
+# Fresh data dirs took up to 67 s under CPU contention (docs/review.md section 10); 240 s leaves room for a
 # machine that is busier still without letting a dead start hang a test session forever.
 DEFAULT_STARTUP_BUDGET_S = 240.0
 _REPO_ROOT = Path(__file__).resolve().parents[1]
-_STRAY_ENV = ("USERNAME", "PASSWORD", "HOST", "PORT", "DEBUG")  # LABEL_STUDIO.md pitfall 8
+_STRAY_ENV = ("USERNAME", "PASSWORD", "HOST", "PORT", "DEBUG")  # docs/review.md section 10
 _DB_NAME = "label_studio.sqlite3"
 
 
@@ -169,8 +169,8 @@ def _server_env(
     }
     env.update(
         {
-            "PYTHONUNBUFFERED": "1",  # else the port-change notice sits in a buffer (pitfall 3)
-            "XDG_CONFIG_HOME": str(xdg / "config"),  # LS writes ~/.config/label-studio/user_id (pitfall 6)
+            "PYTHONUNBUFFERED": "1",  # else the port-change notice sits in a buffer (docs/review.md section 10)
+            "XDG_CONFIG_HOME": str(xdg / "config"),  # not ~/.config/label-studio/user_id (docs/review.md section 10)
             "XDG_DATA_HOME": str(xdg / "data"),
             "XDG_CACHE_HOME": str(xdg / "cache"),
             "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
@@ -181,8 +181,8 @@ def _server_env(
             "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
             "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
             "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(document_root),
-            "LABEL_STUDIO_LATEST_VERSION_CHECK": "false",  # no package-index look-up at start (pitfall 7)
-            "LABEL_STUDIO_SSRF_PROTECTION_ENABLED": "false",  # loopback webhooks (pitfall 11)
+            "LABEL_STUDIO_LATEST_VERSION_CHECK": "false",  # no version look-up at start (docs/review.md section 10)
+            "LABEL_STUDIO_SSRF_PROTECTION_ENABLED": "false",  # loopback webhooks (docs/review.md section 10)
             "SENTRY_DSN": "",
             "FRONTEND_SENTRY_DSN": "",
         }

@@ -3,7 +3,7 @@
 An importer reads a file (or a folder) of one dataset format and returns an :class:`ImportResult`:
 the samples (faces), the human labels with their landmarks, and the rejects — every input it could
 not use, with the file, the line or field, and the reason. One bad row never costs the good ones
-(STYLE.md rule 9); only a problem with the whole file (not JSON, a wrong header) raises
+(docs/architecture.md section 8); only a problem with the whole file (not JSON, a wrong header) raises
 :class:`FormatError`, whose message names the file and the fix.
 
 The checks (:class:`ImportBuilder`): landmark count of the scheme, numeric values, NaN (where the

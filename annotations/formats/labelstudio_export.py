@@ -1,11 +1,11 @@
 """Label Studio JSON and JSON_MIN exports of pipstc's own review projects.
 
-Our labeling config (shared/reference/LABEL_STUDIO.md section 3.2) has one ``Image`` named
+Our labeling config (docs/review.md section 3.1) has one ``Image`` named
 ``image`` and one ``KeyPointLabels`` named ``kp`` with one ``Label`` per landmark, named as the
 scheme's ``landmark_names`` in order; the landmark index comes from the label, never from the
 result order or id (JSON_MIN drops ids). Result values ``x``/``y`` are percentages of
 ``original_width``/``original_height`` (Label Studio KeyPointLabels docs), so pixels are
-``x * original_width / 100``. Shapes (section 5.5):
+``x * original_width / 100``. Shapes (docs/review.md section 7.4):
 
 * JSON: a list of tasks, each with ``data`` (``image``, our ``sample_id``) and ``annotations``
   (``id``, ``completed_by``, ``was_cancelled``, ``result`` items with ``value.{x, y, keypointlabels}``);

@@ -2,7 +2,7 @@
 
 A landmark model trained on one box convention loses much of its accuracy on another detector's
 boxes (dlib's 68-point model: 3.4-4.3% NME with its own boxes, up to 38% with another detector's;
-shared/reference/CPU_SPEED.md). So pipstc fits, on the human-labeled faces, how the detector's box
+docs/algorithm.md section 3.4). So pipstc fits, on the human-labeled faces, how the detector's box
 relates to the box the model's crops are made from (the target, e.g. the tight landmark box), stores
 the mapping with the round, and applies it to every pool box.
 

@@ -1,7 +1,7 @@
 """From the boxes a store holds to the crops the model sees, and the fit of a detector's boxes to them.
 
 Training crops are the landmark box enlarged by the round's scale (the GSSL convention,
-docs/algorithm.md section 2.1). Faces without landmarks (pool, holdout at inference) only have a
+docs/algorithm.md section 3.3). Faces without landmarks (pool, holdout at inference) only have a
 detector or given box; a :class:`~annotations.ingest.boxmap.BoxMapping` fitted on human-labeled faces
 turns it into the landmark box first, because crop conventions differ between detectors.
 """

@@ -2,7 +2,7 @@
 
 The default is yuface 2023.5 (libfacedetection, the YuNet family; BSD-3, weights compiled into the
 wheel): measured here on real photos it found 32 of 33 faces, including a tilted face, sunglasses and
-profiles (shared/reference/CPU_SPEED.md). It degrades on inputs larger than 960 px, so images are
+profiles (docs/speed.md section 6). It degrades on inputs larger than 960 px, so images are
 downscaled to at most ``max_side`` first and the boxes scaled back. OpenCV's Haar cascade
 (``haarcascade_frontalface_default.xml``, shipped with opencv 4.x) is the fallback: fewer faces and
 many false positives, and no calibrated score (``score`` is None).

@@ -2,12 +2,12 @@
 
 Why not the SDK's generated client for the data path: its retry loop also re-sends non-idempotent
 POSTs (a task import retried after a read timeout can duplicate every task: the server has no dedupe,
-LABEL_STUDIO.md 5.7), its error bodies are raw, and pydantic serialisation costs ~2.5 s per 1,000
-68-point tasks (LABEL_STUDIO.md 6). This client speaks the same REST API (LABEL_STUDIO.md 5.8) with
+docs/review.md section 5.3), its error bodies are raw, and pydantic serialisation costs ~2.5 s per 1,000
+68-point tasks (docs/review.md section 9). This client speaks the same REST API (docs/review.md section 8) with
 httpx, which the SDK already depends on; :meth:`LabelStudioClient.sdk` returns the official SDK
 client on the same server and token for everything else.
 
-Tokens (LABEL_STUDIO.md 2.4): a legacy token is sent as ``Authorization: Token <key>``; a personal
+Tokens (docs/review.md section 2): a legacy token is sent as ``Authorization: Token <key>``; a personal
 access token (a JWT refresh token) is exchanged at ``/api/token/refresh/`` for a 5-minute access token
 sent as ``Bearer``. The token is read from ``PIPSTC_LABEL_STUDIO_TOKEN`` (or passed in) and kept in a
 private attribute: it is never logged, never in ``repr`` and never in an exception message.
@@ -89,7 +89,7 @@ class RetryPolicy:
 
     With the defaults a dead server is given up on after about 0.5 + 1 + 2 + 4 = 7.5 s of waiting
     (plus the attempts themselves): long enough to ride out a restart of a local Label Studio
-    (6 s, LABEL_STUDIO.md 2.3), short enough that a scheduled flow does not hang.
+    (6 s, docs/review.md section 10), short enough that a scheduled flow does not hang.
     """
 
     attempts: int = 5  # tries per request, the first included
@@ -357,11 +357,11 @@ class LabelStudioClient:
         return self.request("GET", f"/api/projects/{int(project_id)}")
 
     def create_project(self, title: str, label_config: str, **fields: Any) -> dict[str, Any]:
-        """Create a project (title of at least 3 characters, LABEL_STUDIO.md 5)."""
+        """Create a project (title of at least 3 characters, docs/review.md section 8)."""
         return self.request("POST", "/api/projects", json={"title": title, "label_config": label_config, **fields})
 
     def update_project(self, project_id: int, **fields: Any) -> dict[str, Any]:
-        """PATCH project fields, e.g. ``model_version`` (LABEL_STUDIO.md pitfall 13)."""
+        """PATCH project fields, e.g. ``model_version`` (docs/review.md section 5.2)."""
         return self.request("PATCH", f"/api/projects/{int(project_id)}", json=fields)
 
     def import_tasks(self, project_id: int, tasks: list[dict[str, Any]]) -> list[int]:
@@ -402,7 +402,7 @@ class LabelStudioClient:
 
         Args:
             project_id: The project.
-            filters: Data Manager filter items, joined with "and" (LABEL_STUDIO.md 5.6).
+            filters: Data Manager filter items, joined with "and" (docs/review.md section 7.3).
             include: Comma-separated field names to return (the server drops the others, also inside
                 nested annotations).
             fields: ``task_only`` or ``all`` (annotations, predictions and drafts).
@@ -419,7 +419,7 @@ class LabelStudioClient:
             try:
                 body = self.request("GET", "/api/tasks", params={**params, "page": page})
             except ReviewRequestError as e:
-                if e.status_code == 404:  # the page after the last (LABEL_STUDIO.md pitfall 16)
+                if e.status_code == 404:  # the page after the last (docs/review.md section 7.3)
                     return
                 raise
             tasks = body.get("tasks", []) if isinstance(body, dict) else body
@@ -433,7 +433,7 @@ class LabelStudioClient:
     def create_prediction(
         self, task_id: int, result: list[dict[str, Any]], model_version: str, score: float | None = None
     ) -> dict[str, Any]:
-        """Add a prediction to an existing task (``POST /api/predictions``, LABEL_STUDIO.md 5.8).
+        """Add a prediction to an existing task (``POST /api/predictions``, docs/review.md section 8).
 
         Never retried once sent: the server adds a second prediction for a second POST. A failure after
         sending raises ``ReviewUnavailable(ambiguous=True)``; look at :meth:`predictions` of the task for
@@ -476,7 +476,7 @@ class LabelStudioClient:
 
     def create_local_storage(self, project_id: int, path: str, title: str = "pipstc images") -> dict[str, Any]:
         """A Local Files import storage that grants the project access to images under ``path``
-        (a subfolder of the server's document root; LABEL_STUDIO.md 4). Not synced: tasks are imported
+        (a subfolder of the server's document root; docs/review.md section 6). Not synced: tasks are imported
         with their own data."""
         return self.request(
             "POST",

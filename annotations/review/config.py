@@ -3,7 +3,7 @@
 One ``<KeyPointLabels>`` control with one ``<Label>`` per landmark, in scheme order. The landmark's
 index then travels in ``value.keypointlabels[0]`` of every result item and survives a human drag in
 the real UI; ``model_index`` is what the SDK's COCO/YOLO keypoint converter reads, and
-``maxUsages="1"`` stops a reviewer from placing the same landmark twice (LABEL_STUDIO.md 3.3; tags:
+``maxUsages="1"`` stops a reviewer from placing the same landmark twice (docs/review.md section 3.1; tags:
 https://labelstud.io/tags/keypointlabels, https://labelstud.io/tags/label). Labels are coloured by
 the scheme's regions so that a 68-button palette stays readable. An optional single-choice
 ``face_status`` lets a reviewer reject a sample (bad image, no face) instead of correcting it.
@@ -32,7 +32,7 @@ CHOICES_NAME = "face_status"
 STATUS_OK = "ok"
 REJECT_CHOICES = ("bad image", "no face")  # a reviewer's choice that rejects the sample
 STATUS_CHOICES = (STATUS_OK, *REJECT_CHOICES)
-# Point size in percent of the image width, as the UI writes it for KeyPointLabels (LABEL_STUDIO.md 5.2).
+# Point size in percent of the image width, as the UI writes it for KeyPointLabels (docs/review.md section 4).
 POINT_WIDTH = 0.6
 
 # One colour per region of pipnet_core.schemes.REGION_ORDER; saturated hues that differ in hue and

@@ -5,9 +5,9 @@ Label Studio stores a key point as ``value.x``/``value.y`` in percent (0-100) of
 
     px = x * W / 100,  py = y * H / 100   and back   x = 100 * px / W,  y = 100 * py / H
 
-in float64; the round trip is exact to ~1e-13 px (LABEL_STUDIO.md 5.4). The landmark index travels as
+in float64; the round trip is exact to ~1e-13 px (docs/review.md section 4). The landmark index travels as
 the item's label (``keypointlabels[0]`` = ``scheme.landmark_names[i]``), never as its position in the
-list or its ``id`` (JSON_MIN drops ids, a re-added point gets a random id; LABEL_STUDIO.md 3.3).
+list or its ``id`` (JSON_MIN drops ids, a re-added point gets a random id; docs/review.md section 3.2).
 
 Pulling is strict: an annotation whose landmarks are missing, repeated or carry a label the scheme
 does not know is reported with which landmarks are wrong and is not turned into a label.
@@ -228,7 +228,7 @@ def moved_landmarks(
 ) -> np.ndarray:
     """(N,) bool: which landmarks the reviewer moved away from the prediction shown.
 
-    ``origin == "prediction-changed"`` (written by the editor for a dragged point, LABEL_STUDIO.md 5.4)
+    ``origin == "prediction-changed"`` (written by the editor for a dragged point, docs/review.md section 7.1)
     counts as moved; otherwise the point is compared with the shown prediction (``shown`` (N, 2)
     pixels, clipped to the image as :func:`prediction_result` clipped it). A landmark the prediction
     did not show (NaN) counts as moved when the reviewer placed it.

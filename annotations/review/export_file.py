@@ -2,7 +2,7 @@
 
 When no ``PIPSTC_LABEL_STUDIO_URL`` is configured the review step still produces something a person
 can use: a folder with ``tasks.json`` (the same tasks and predictions a push would send, in Label
-Studio's JSON import format, LABEL_STUDIO.md 5.1), ``labeling_config.xml`` and ``README.txt`` saying
+Studio's JSON import format, docs/review.md section 5.1), ``labeling_config.xml`` and ``README.txt`` saying
 how to serve the images and import the file. Local images are addressed as local files under a
 document root chosen as the folder above the images' common folder, so that one Local Files storage
 on that common folder covers them all (Label Studio serves only files in a subfolder of its root).

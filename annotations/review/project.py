@@ -5,7 +5,7 @@ One store has one review project. Its id and server are recorded in the store's 
 its project there by title. The project's labeling config is generated from the store's scheme; an
 existing project whose landmark labels differ from the scheme is refused rather than silently mixed.
 
-Images (LABEL_STUDIO.md 4): images of a local store are served by Label Studio's local files serving,
+Images (docs/review.md section 6): images of a local store are served by Label Studio's local files serving,
 which needs the server started with ``LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true`` and a document
 root, a task URL ``/data/local-files/?d=<path relative to the root>``, and a Local Files import storage
 on the project whose path is a subfolder of the root containing the image (a storage grants access to
@@ -194,7 +194,7 @@ def image_location(uri: str, store_url: str, access: ImageAccess) -> tuple[str, 
     if len(rel.parts) < 2:
         raise ReviewConfigError(
             f"image {local} lies directly in the document root {root}; Label Studio serves only files in a subfolder"
-            " of it (LABEL_STUDIO.md 4): move the images into e.g. {root}/faces/"
+            " of it (docs/review.md section 6): move the images into e.g. {root}/faces/"
         )
     return "/data/local-files/?d=" + quote(rel.as_posix(), safe="/"), root / rel.parts[0]
 

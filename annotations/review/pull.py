@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 
 SETTING_PULL = "labelstudio.pull"
 # Longer than any annotation-saving request plausibly stays uncommitted on Label Studio (they take
-# ~0.25 s, LABEL_STUDIO.md 6); re-reading two minutes of tasks costs one small request.
+# ~0.25 s, docs/review.md section 9); re-reading two minutes of tasks costs one small request.
 OVERLAP_S = 120.0
 # The Data Manager's datetime filter format (label_studio/data_manager/managers.py DATETIME_FORMAT).
 _DM_DATETIME = "%Y-%m-%dT%H:%M:%S.%fZ"

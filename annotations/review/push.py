@@ -9,7 +9,7 @@ transaction:
    sample ids it already holds (Data Manager filter ``data.sample_id in_list``). Tasks found there
    but unknown to the store are what a crash between import and bookkeeping leaves behind; they are
    recorded as pushed ("recovered") instead of imported twice. The server has no dedupe of its own
-   (LABEL_STUDIO.md 5.7).
+   (docs/review.md section 5.3).
 
 The store's writer lock is held from that look-up to the bookkeeping of the chunk, so two pushers
 cannot both find a face missing and both import it.
@@ -21,7 +21,7 @@ the next run, after the same look-up, so nothing is lost and nothing is duplicat
 
 Model versions: each task's prediction carries its round's model version, and the project shows the
 newest round pushed (the editor pre-labels only with predictions of the project's ``model_version``,
-LABEL_STUDIO.md pitfall 13). So that tasks of earlier rounds still open do not go blank when the
+docs/review.md section 5.2). So that tasks of earlier rounds still open do not go blank when the
 project switches, every push that finds the project showing round k adds round k's pseudo-label as
 a second prediction to those tasks (:mod:`~annotations.review.refresh`; counted in
 ``PushReport.refreshed`` / ``not_refreshed``). No review event is written for it: the task's
@@ -319,7 +319,7 @@ def _update_model_version(
     store: Any, client: LabelStudioClient, project_id: int, items: Sequence[ReviewItem], report: PushReport
 ) -> None:
     """Show the newest round's predictions: the editor pre-labels only with predictions whose
-    model_version equals the project's (LABEL_STUDIO.md pitfall 13)."""
+    model_version equals the project's (docs/review.md section 5.2)."""
     if not items:
         return
     newest = max(items, key=lambda it: (it.round, it.model_version))

@@ -1,7 +1,7 @@
 """Keep open review tasks pre-labelled when the project switches to a newer round's model.
 
 Label Studio's editor pre-labels a task only with the predictions whose ``model_version`` equals the
-project's ``model_version`` (LABEL_STUDIO.md pitfall 13; ``tasks/serializers.py`` of 1.23). Every
+project's ``model_version`` (docs/review.md section 5.2; ``tasks/serializers.py`` of 1.23). Every
 prediction carries its round's model version, and a push of round k switches the project to round k's
 version, so without this module the tasks of earlier rounds that nobody has finished yet would open
 empty. A refresh adds to each such task a second prediction: the sample's pseudo-label of the round

@@ -1,6 +1,6 @@
 """Review tasks: which faces may go to people, and the Label Studio task JSON of each.
 
-A task (LABEL_STUDIO.md 5.1) carries in ``data`` the image URL and pipstc's own ids (``sample_id``,
+A task (docs/review.md section 5.1) carries in ``data`` the image URL and pipstc's own ids (``sample_id``,
 ``round``, ``label_id`` of the pseudo-label shown; never keys named ``id``, ``annotator`` or the control
 name, which collide in JSON_MIN exports), plus the face's scores so reviewers can sort by them in the
 Data Manager; its prediction is the pseudo-label (``model_version`` = the round's model, ``score``
@@ -8,7 +8,7 @@ Data Manager; its prediction is the pseudo-label (``model_version`` = the round'
 is pushed gets that round's pseudo-label as a second prediction (:func:`refresh_items`,
 :mod:`~annotations.review.refresh`), built and validated the same way. Predictions are validated with the
 SDK's offline ``LabelInterface`` before they leave, because the server accepts anything and only the
-editor breaks on a bad one (LABEL_STUDIO.md pitfall 12).
+editor breaks on a bad one (docs/review.md section 3.3).
 """
 
 from __future__ import annotations

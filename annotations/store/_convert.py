@@ -1,4 +1,4 @@
-"""Callers' DataFrames and arrays -> store tables, checked at the boundary (STYLE.md rule 8).
+"""Callers' DataFrames and arrays -> store tables, checked at the boundary (docs/architecture.md section 8).
 
 Every problem raises :class:`StoreError` naming the column, the row and the fix. Also here: the
 deterministic ids and natural keys the store uses to make retried writes no-ops.

@@ -36,7 +36,7 @@ PAUSE_ENV = "PIPSTC_STORE_PAUSE_BEFORE_COMMIT"
 # Protocols pyarrow implements natively; everything else is tried through fsspec.
 _NATIVE = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "az")
 # Parquet row groups of 128k rows (~90 MB of 68-landmark labels): large enough for fast scans
-# (DESIGN.md section 8), small enough that a reader decodes several groups of one file in parallel.
+# (docs/store.md section 3.5), small enough that a reader decodes several groups of one file in parallel.
 ROW_GROUP_SIZE = 131_072
 # Columns unique (or nearly) per row: a dictionary only costs time there.
 _UNIQUE = frozenset({"label_id", "sample_id", "image_uri", "parent_label_id"})

@@ -2,7 +2,7 @@
 
 A flow marks each step of round k done (:meth:`RoundBook.mark_step`) only after the step's outputs
 are committed, so a rerun of the round asks :meth:`RoundBook.completed_steps` and resumes after the
-last completed step (DESIGN.md section 3). Every file is written atomically under the writer lock;
+last completed step (docs/store.md section 9). Every file is written atomically under the writer lock;
 names may contain sub-folders (``"shards/plan.json"``) but no ``..`` and no hidden parts.
 """
 

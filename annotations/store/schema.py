@@ -1,11 +1,11 @@
-"""Explicit pyarrow schemas of the label store (DESIGN.md section 3).
+"""Explicit pyarrow schemas of the label store (docs/store.md section 3).
 
 Every Parquet file the store writes carries ``pipstc.table`` and ``pipstc.schema_version`` in its
 schema metadata; readers check both before trusting a file. Landmarks are a fixed-size list of N
 fixed-size (x, y) float32 pairs in original image pixels (NaN = missing); per-landmark confidence is
 a fixed-size list of N float32 beside them.
 
-Vocabulary (DESIGN.md section 2): ``split`` is ``train`` | ``holdout`` | ``pool``; a label's
+Vocabulary (docs/store.md section 3): ``split`` is ``train`` | ``holdout`` | ``pool``; a label's
 ``source`` is ``human`` | ``corrected`` | ``pseudo``; a pseudo-label's curriculum ``level`` is ``std`` |
 ``cls2`` | ``cls3`` (or ``review`` when routed to people and kept out of training); a review's
 ``status`` is ``pushed`` | ``completed`` | ``skipped`` | ``rejected``.

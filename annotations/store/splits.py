@@ -1,6 +1,6 @@
 """Deterministic splits from the sample id, so a face lands in the same split on every machine and run.
 
-A sample's split is decided once, when it enters the store, and never changes (DESIGN.md section 2).
+A sample's split is decided once, when it enters the store, and never changes (docs/store.md section 6).
 The rule (:func:`assign_split`): a keyed BLAKE2b hash (RFC 7693) of the ``sample_id`` read as a
 64-bit fraction in [0, 1); below ``holdout_fraction`` the sample is ``holdout``, otherwise it gets
 the caller's default (``train`` for human-labelled imports, ``pool`` for unlabelled ones). The hash

@@ -1,6 +1,6 @@
 """The label store: every sample, label, pseudo-label, correction and review of a project, in Parquet.
 
-Layout (DESIGN.md section 3), at a local folder or any pyarrow/fsspec URL (:mod:`annotations.store._fs`)::
+Layout (docs/store.md section 2), at a local folder or any pyarrow/fsspec URL (:mod:`annotations.store._fs`)::
 
     <store>/store.json                                 scheme, schema version, created_at, settings
     <store>/samples/part-*.parquet
@@ -340,8 +340,8 @@ class Store(RoundBook):
                 raise HoldoutLeak(
                     f"add_labels: {len(bad)} {source[bad[0]]} label(s) for holdout samples (rows "
                     f"{examples(bad.tolist())}, e.g. sample {table['sample_id'][int(bad[0])].as_py()!r}); holdout "
-                    "samples are never pseudo-labelled or corrected (DESIGN.md section 2): drop them before writing "
-                    "(store.samples('holdout') lists them)"
+                    "samples are never pseudo-labelled or corrected (docs/store.md section 6): drop them before "
+                    "writing (store.samples('holdout') lists them)"
                 )
             table = first_of_each(table, "label_id")
             rounds = table["round"].to_numpy()
@@ -466,7 +466,7 @@ class Store(RoundBook):
                 bad = table["sample_id"].filter(pa.array(split == _HOLDOUT)).to_pylist()
                 raise HoldoutLeak(
                     f"add_reviews: {len(bad)} holdout sample(s) ({examples(bad)}); holdout faces are never sent "
-                    "to review (DESIGN.md section 2): leave them out of the selection"
+                    "to review (docs/store.md section 6): leave them out of the selection"
                 )
             return self._append_events("reviews", folder, table, REVIEW_KEY)
 

@@ -2,7 +2,7 @@
 
 Round 0 trains on people's labels only (``human`` and ``corrected``). Round k >= 1 adds the
 pseudo-labels made by round k-1's model; older pseudo-labels are replaced, not reused (the paper
-regenerates every pseudo-label with the newest model, docs/algorithm.md section 3). The holdout is
+regenerates every pseudo-label with the newest model, docs/algorithm.md section 4.4). The holdout is
 never trained on, and a sample trains on one label: the current one (human > corrected > pseudo).
 """
 

@@ -1,4 +1,4 @@
-"""Confidence signals and the calibrated confidence model (DESIGN.md section 4)."""
+"""Confidence signals and the calibrated confidence model (docs/algorithm.md section 5.2)."""
 
 from __future__ import annotations
 

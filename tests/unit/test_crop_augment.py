@@ -184,7 +184,8 @@ def test_rotation_follows_the_spec_formula_and_is_not_clipped() -> None:
     seen_outside = False
     for seed in range(10):
         _, out = augment(img, lm, np.random.default_rng(seed), None, _only(rotate_p=1.0))
-        # the angle from the first point (right of centre), then the spec's formula for the second
+        # the angle from the first point (right of centre), then the formula of docs/algorithm.md section 2.9
+        # for the second
         t = np.arctan2(-(out[0, 1] - 0.5), out[0, 0] - 0.5)
         assert abs(np.rad2deg(t)) <= 30.0 + 1e-9
         assert out[1, 0] == pytest.approx(0.5 + 0.49 * np.cos(t) + 0.49 * np.sin(t))

@@ -1,4 +1,4 @@
-"""DESIGN.md section 1: the model knows nothing of storage or orchestration, the data layer no tensors."""
+"""docs/architecture.md section 2: the model knows nothing of storage or orchestration, the data layer no tensors."""
 
 from __future__ import annotations
 

@@ -73,7 +73,7 @@ def test_score_term_at_init_is_one_over_cells() -> None:
         out = model(torch.randn(4, 3, 256, 256))
     lm = _landmarks(4)
     total, parts = pip_loss(out, _targets(lm, ["std"] * 4))
-    assert parts["score"] == pytest.approx(1 / 64, rel=0.05)  # spec 17.5
+    assert parts["score"] == pytest.approx(1 / 64, rel=0.05)  # docs/algorithm.md section 7
     # Offsets are ~0 at init, so each L1 term is about the mean |target|.
     t = build_targets(lm, ["std"] * 4, TABLE.nb, 8)
     assert parts["x"] == pytest.approx(float(np.abs(t.x).mean()), rel=0.05)

@@ -1,4 +1,4 @@
-"""Mean face and neighbour table against the official values (PIPNET_SPEC.md sections 4 and 17)."""
+"""Mean face and neighbour table against the official values (docs/algorithm.md sections 2.5, 2.6 and 7)."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def test_flip_tables_are_involutions_and_mirror_the_meanface(name: str, bound: f
     diff = np.abs(mirrored - mf).mean()
     assert diff < bound
     if name == "cofw":
-        assert diff > 0.01  # the spec's "about 0.02": the COFW mean face is less symmetric
+        assert diff > 0.01  # docs/algorithm.md section 7: "about 0.02": the COFW mean face is less symmetric
 
 
 def test_compute_meanface_ignores_missing_landmarks() -> None:

@@ -1,4 +1,4 @@
-"""NME, CED, FR and AUC against hand-computed values (PIPNET_SPEC.md section 11)."""
+"""NME, CED, FR and AUC against hand-computed values (docs/algorithm.md section 2.12)."""
 
 from __future__ import annotations
 

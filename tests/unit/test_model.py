@@ -155,7 +155,7 @@ def test_head_init_and_output_shapes() -> None:
     model = create_model(98, num_nb=10, base_width=8, input_size=256).eval()
     for head in (model.cls_layer, model.x_layer, model.y_layer, model.nb_x_layer, model.nb_y_layer):
         assert float(head.bias.detach().abs().max()) == 0.0
-        assert 0.0005 < float(head.weight.detach().std()) < 0.0015  # N(0, 0.001), spec 3.4
+        assert 0.0005 < float(head.weight.detach().std()) < 0.0015  # N(0, 0.001), docs/algorithm.md section 2.4
     with torch.no_grad():
         out = model(torch.randn(2, 3, 256, 256))
     assert isinstance(out, PIPOutputs)
@@ -220,7 +220,7 @@ def test_invalid_configurations_are_refused() -> None:
 
 
 def test_r50_stride_variant_works() -> None:
-    # The official code breaks here (2048-channel heads after a 512-channel block, spec 14.10).
+    # The official code breaks here (2048-channel heads after a 512-channel block, docs/algorithm.md section 2.3).
     model = create_model(4, num_nb=2, backbone="resnet50", base_width=4, input_size=128, net_stride=64).eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, 128, 128))

@@ -37,7 +37,7 @@ def test_pixel_percent_round_trip_is_exact(pts: np.ndarray, w: int, h: int) -> N
 
 
 def test_percent_conversion_matches_label_studio_formula() -> None:
-    # LABEL_STUDIO.md 5: px = x * original_width / 100
+    # docs/review.md section 4: px = x * original_width / 100
     np.testing.assert_allclose(percent_to_pixels(np.array([21.078694635245363, 44.86484692101405]), 320, 240),
                                [67.45182283278516, 107.67563261043372], rtol=1e-15)  # fmt: skip
 

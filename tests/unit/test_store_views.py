@@ -97,7 +97,7 @@ def test_holdout_view_and_pool_and_pseudo_labels(store: Store) -> None:
 
 
 def test_holdout_never_leaks_into_pseudo_labels_review_or_training(store: Store) -> None:
-    """The store-level guarantee of DESIGN.md section 2 for holdout samples h and k."""
+    """The store-level guarantee of docs/store.md section 6 for holdout samples h and k."""
     add(store, "h", "human", 0, 1.0)
     # pseudo-labelling refuses them
     with pytest.raises(HoldoutLeak):

@@ -1,4 +1,4 @@
-"""Target encoding and decoding: GT -> targets -> decode returns GT (PIPNET_SPEC.md sections 5, 10, 17.1)."""
+"""Target encoding and decoding: GT -> targets -> decode returns GT (docs/algorithm.md sections 2.7, 2.11, 7)."""
 
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def test_build_targets_levels_and_coarse_maps() -> None:
     np.testing.assert_array_equal(t.mask_reg, [1, 0, 0])
     for maps, s in ((t.cls1, 8), (t.cls2, 4), (t.cls3, 2)):
         assert (maps.reshape(3, 68, -1).sum(-1) == 1).all()
-        # the spec's rule at S = 4 and 2: clamp(floor(x * S))
+        # the rule of docs/algorithm.md section 4.2 at S = 4 and 2: clamp(floor(x * S))
         cells = np.clip(np.floor(gt * s), 0, s - 1).astype(int)
         idx = maps.reshape(3, 68, -1).argmax(-1)
         np.testing.assert_array_equal(idx, cells[..., 1] * s + cells[..., 0])
