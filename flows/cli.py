@@ -162,6 +162,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.store, rounds=args.rounds, schedule=args.schedule, fresh=args.fresh, quick=args.quick)
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from annotations.store import Store
+    from flows.simulate import estimate_cost, plan_simulation, simulation
+
+    plan = plan_simulation(args.store, schedules=tuple(args.schedules.split(",")),
+                           budgets=tuple(float(b) for b in args.budgets.split(",")), rounds=args.rounds,
+                           hidden_share=args.hide, small=args.small, quick=args.quick, seed=args.seed)  # fmt: skip
+    store = Store.open(args.store)
+    faces = len(store.current_labels(splits=("train",), for_training=False))
+    cost = estimate_cost(plan, faces, store.scheme.num_landmarks)
+    print(f"simulate: {len(plan.arms)} arms x {plan.rounds + 1} rounds on {faces} labeled faces: about "
+          f"{cost['training_images'] / 1e6:.2f} M training images at {cost['images_per_s']:.0f} img/s measured here "
+          f"= {cost['hours']:.1f} h of training (plus labeling and evaluation)")  # fmt: skip
+    out = args.out or f"{str(args.store).rstrip('/')}-simulation"
+    result = simulation(args.store, out, asdict(plan))
+    print(Path(result["report"]).read_text())
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from flows.serve import serve_store
 
@@ -234,6 +255,20 @@ def _add_review_commands(sub: Any) -> None:
 
 
 
+def _add_simulate_command(sub: Any) -> None:
+    s = sub.add_parser("simulate", help="the rounds on your own labels, part hidden as a pool: which schedule pays off")
+    s.add_argument("store")
+    s.add_argument("--out", help="work folder for the simulated stores and the report (default: STORE-simulation)")
+    s.add_argument("--schedules", default="paper,confidence", help="comma-separated schedules to compare")
+    s.add_argument("--budgets", default="0,0.05", help="comma-separated review budgets (share of the pool per round)")
+    s.add_argument("--rounds", type=int, default=3, help="self-training rounds after round 0")
+    s.add_argument("--hide", type=float, default=0.8, help="share of the labeled train faces hidden as the pool")
+    s.add_argument("--small", action="store_true", help="the demo's small model (minutes, not hours)")
+    s.add_argument("--quick", action="store_true", help="tiny model, one round: a smoke test")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_simulate)
+
+
 def _add_model_commands(sub: Any) -> None:
     s = sub.add_parser("predict", help="landmarks for images with a trained checkpoint")
     s.add_argument("checkpoint", help="a round's model.pt")
@@ -283,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_round_commands(sub)
     _add_review_commands(sub)
     _add_model_commands(sub)
+    _add_simulate_command(sub)
     return p
 
 

@@ -52,6 +52,16 @@ class TrainConfig:
             raise ValueError(f"meanface must be 'scheme' or 'data', got {self.meanface!r}")
 
     @property
+    def uses_channels_last(self) -> bool:
+        """NHWC training unless the net is narrower than 16 channels.
+
+        torch 2.13's CPU backward crashes the process (segfault / abort in oneDNN) on channels_last
+        batches whose size is not a multiple of 8 when a stage has 8 channels (base_width 8, the test
+        nets): reproduced with a bare ResNet-18 of width 8 and a batch of 7. Width 16 and up are fine.
+        """
+        return self.channels_last and self.base_width >= 16
+
+    @property
     def grid(self) -> int:
         """S, the score map side."""
         return self.input_size // self.net_stride

@@ -302,7 +302,7 @@ def _start(config: TrainConfig, dataset: FaceDataset, scheme: Scheme, device: to
         except RuntimeError as exc:
             raise CheckpointError(f"init_from {config.init_from} does not fit this config: {exc}") from exc
     model.to(device)
-    if config.channels_last:
+    if config.uses_channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.resolved_weight_decay())
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(config.milestones), gamma=config.gamma)
@@ -345,7 +345,7 @@ def _train_epoch(
     sums = dict.fromkeys((*LOSS_PARTS, "total"), 0.0)
     seen = 0
     for batch in loader:
-        images = normalise_batch(batch.images, channels_last=config.channels_last, device=device)
+        images = normalise_batch(batch.images, channels_last=config.uses_channels_last, device=device)
         targets = batch.targets.to(device, non_blocking=True)
         loss, parts = pip_loss(run.net(images), targets, config.cls_weight, config.reg_weight)
         run.optimizer.zero_grad(set_to_none=True)

@@ -183,3 +183,13 @@ def test_tiny_model_overfits_eight_faces(tmp_path: Path, faces: tuple) -> None:
     decoded = decode(*(o.numpy() for o in out[:5]), meta.table)
     errors = nme(decoded.landmarks, ds.normalised_landmarks(), SCHEME)
     assert errors.mean() < 0.05
+
+
+def test_a_narrow_net_trains_on_a_batch_of_seven(tmp_path: Path) -> None:
+    """Regression: channels_last at width 8 crashed the process in backward on a batch of 7 (torch 2.13 CPU)."""
+    paths, boxes, landmarks = draw_faces(tmp_path / "faces", count=7, size=64)
+    cfg = TrainConfig(base_width=8, input_size=64, net_stride=16, epochs=1, batch_size=8, num_workers=0)
+    assert not cfg.uses_channels_last and TrainConfig(base_width=16).uses_channels_last
+    ds = FaceDataset(paths, boxes, landmarks, input_size=64, flip=get_scheme("300w").flip)
+    out = train(cfg, ds, get_scheme("300w"), tmp_path / "m.pt", progress=False)
+    assert out.is_file()
