@@ -41,7 +41,7 @@ from pipnet_core.config import TrainConfig  # noqa: E402
 from pipnet_core.crop import enlarge_box, landmark_box  # noqa: E402
 from pipnet_core.schemes import get_scheme  # noqa: E402
 from synthetic_faces import write_dataset  # noqa: E402
-from synthetic_faces.regimes import regime_domains  # noqa: E402
+from synthetic_faces.regimes import regime_domains, regime_version  # noqa: E402
 
 CROP_SCALE = 1.3  # the round's training and holdout crop: landmark box x1.3 (flows.config.STCConfig)
 MODELS: dict[str, dict[str, Any]] = {
@@ -72,7 +72,7 @@ def make_data(root: Path, severity: str, seed: int, sizes: dict[str, int]) -> di
     }
     out = {}
     for name, (domain, n, salt) in plan.items():
-        folder = root / f"{severity}-s{seed}" / f"{name}-{n}"
+        folder = root / f"{severity}-{regime_version(severity)}-s{seed}" / f"{name}-{n}"
         marker = folder / ".complete"
         if not marker.exists():
             write_dataset(folder, n, domain, seed=seed * 100 + salt)
@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> None:
     tcfg = TrainConfig(epochs=e, milestones=milestones, lr=args.lr, batch_size=16, seed=args.seed,
                        num_workers=args.workers, augment=AugmentConfig() if not args.no_augment else None,
                        **MODELS[args.model])  # fmt: skip
-    key = (f"{args.severity}-s{args.seed}-L{args.labeled}-U{args.pool}-{args.model}-e{e}-lr{args.lr:g}"
+    version = regime_version(args.severity)
+    key = (f"{args.severity}-{version}-s{args.seed}-L{args.labeled}-U{args.pool}-{args.model}-e{e}-lr{args.lr:g}"
            f"{'-noaug' if args.no_augment else ''}{'-oracle' if args.oracle else ''}")  # fmt: skip
     work = args.work / key
     work.mkdir(parents=True, exist_ok=True)
@@ -135,9 +136,9 @@ def run(args: argparse.Namespace) -> None:
         spent = {"cpu": spent["cpu"] + cpu_seconds() - c0, "wall": spent["wall"] + time.perf_counter() - w0}
         (work / "spent.json").write_text(json.dumps(spent))
         metrics = evaluate(work / "model.pt", data, ["source_holdout", "occlusion_holdout", "pose_holdout"])
-        row = {"key": key, "severity": args.severity, "seed": args.seed, "model": args.model, "lr": args.lr,
-               "augment": not args.no_augment, "oracle": args.oracle, "labeled": args.labeled, "pool": args.pool,
-               "epochs_total": e, "epoch": stop, "train_faces": len(paths), "cpu_s": spent["cpu"],
+        row = {"key": key, "regime": version, "severity": args.severity, "seed": args.seed, "model": args.model,
+               "lr": args.lr, "augment": not args.no_augment, "oracle": args.oracle, "labeled": args.labeled,
+               "pool": args.pool, "epochs_total": e, "epoch": stop, "train_faces": len(paths), "cpu_s": spent["cpu"],
                "wall_s": spent["wall"]}  # fmt: skip
         row.update({f"{n}_{m}": v for n, r in metrics.items() for m, v in r.items()})
         with open(log_path, "a") as f:

@@ -268,11 +268,17 @@ def _draw_eye(
     roi[:] = (layer * a + roi * (1.0 - a) + 0.5).astype(np.uint8)
 
 
-def occlude(img: np.ndarray, rng: np.random.Generator, f: Face, max_occluders: int, skin_tone: float) -> np.ndarray:
-    """Draw 1..max_occluders hands, glasses or patches; returns the (H, W) uint8 mask of what they hide."""
+def occlude(
+    img: np.ndarray, rng: np.random.Generator, f: Face, max_occluders: int, skin_tone: float, scale: float = 1.0
+) -> np.ndarray:
+    """Draw 1..max_occluders hands, glasses or patches; returns the (H, W) uint8 mask of what they hide.
+
+    ``scale`` multiplies the size of hands and patches (glasses fit the eyes whatever it is).
+    """
     s = img.shape[0]
     mask = np.zeros((s, s), np.uint8)
     lm, fw = f.lm, f.width
+    hw = fw * scale  # hand and patch sizes
     for _ in range(int(rng.integers(1, max_occluders + 1))):
         kind = rng.choice(["hand", "glasses", "patch"], p=[0.35, 0.25, 0.4])
         if kind == "hand":
@@ -281,17 +287,17 @@ def occlude(img: np.ndarray, rng: np.random.Generator, f: Face, max_occluders: i
             angle = rng.uniform(0, 2 * np.pi)
             direction = np.array([math.cos(angle), math.sin(angle)])
             palm = target + direction * rng.uniform(0.15, 0.35) * fw
-            axes = (0.22 * fw, 0.28 * fw)
+            axes = (0.22 * hw, 0.28 * hw)
             deg = math.degrees(angle) + 90
             for m in (img, mask):
                 _ellipse(m, palm, axes, deg, hand_skin if m is img else (255,))
             normal = np.array([-direction[1], direction[0]])
             for k in range(4):
-                base = palm - direction * 0.18 * fw + normal * (k - 1.5) * 0.1 * fw
-                tip = base - direction * rng.uniform(0.2, 0.32) * fw
+                base = palm - direction * 0.18 * hw + normal * (k - 1.5) * 0.1 * hw
+                tip = base - direction * rng.uniform(0.2, 0.32) * hw
                 for m in (img, mask):
-                    _line(m, np.stack([base, tip]), hand_skin if m is img else (255,), 0.085 * fw)
-                _line(img, np.stack([base, tip]) + normal * 0.045 * fw, _c(np.array(hand_skin) * 0.75), 1)
+                    _line(m, np.stack([base, tip]), hand_skin if m is img else (255,), 0.085 * hw)
+                _line(img, np.stack([base, tip]) + normal * 0.045 * hw, _c(np.array(hand_skin) * 0.75), 1)
         elif kind == "glasses":
             frame = _c(rng.uniform(0, 120, 3))
             sun = rng.random() < 0.4
@@ -321,7 +327,7 @@ def occlude(img: np.ndarray, rng: np.random.Generator, f: Face, max_occluders: i
                 _line(img, np.stack([c + (end - c) * 0.5, end]), frame, 0.018 * fw)
         else:
             centre = lm[rng.integers(NUM_LANDMARKS)] + rng.normal(0, 0.1, 2) * fw
-            size = rng.uniform(0.12, 0.35) * fw
+            size = rng.uniform(0.12, 0.35) * hw
             color = _c(rng.uniform(0, 255, 3))
             poly = centre + rng.uniform(-1, 1, (int(rng.integers(3, 8)), 2)) * size
             if rng.random() < 0.5:

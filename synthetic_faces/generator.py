@@ -76,6 +76,7 @@ class DomainConfig:
     hair_prob: float = 0.9
     occluder_prob: float = 0.0  # probability that a face gets occluders (hand, glasses, patch)
     max_occluders: int = 1
+    occluder_scale: float = 1.0  # size multiplier of hands and patches (COFW-like heavy occlusion: ~1.5)
     blur_sigma: Range = (0.0, 0.4)  # Gaussian blur sigma in px
     motion_blur_prob: float = 0.0
     low_res_prob: float = 0.0  # downscale 2-4x and back up (far faces, cheap cameras)
@@ -176,7 +177,7 @@ def _render(rng: np.random.Generator, d: DomainConfig) -> tuple[np.ndarray, np.n
     draw_features(img, rng, face, skin, brow, float(light.direction[0]))
     visible = facing_camera.copy()
     if rng.random() < d.occluder_prob:
-        mask = occlude(img, rng, face, d.max_occluders, tone)
+        mask = occlude(img, rng, face, d.max_occluders, tone, d.occluder_scale)
         xi = np.clip(np.round(face.lm[:, 0]).astype(int), 0, s - 1)
         yi = np.clip(np.round(face.lm[:, 1]).astype(int), 0, s - 1)
         visible &= mask[yi, xi] == 0

@@ -26,7 +26,7 @@ from typing import Any
 
 from synthetic_faces.generator import DomainConfig
 
-__all__ = ["ROLES", "SEVERITIES", "regime_domains"]
+__all__ = ["ROLES", "SEVERITIES", "regime_domains", "regime_version"]
 
 SEVERITIES = {"mild": 0.5, "medium": 1.0, "severe": 1.5}
 ROLES = ("source", "occlusion", "pose", "pool")
@@ -59,7 +59,10 @@ SOURCE = DomainConfig(
 
 # The medium targets and pool, as changes of the source's knobs.
 _MEDIUM: dict[str, dict[str, Any]] = {
-    "occlusion": dict(occluder_prob=0.90, max_occluders=3, clutter=(4, 20), identity=1.1),
+    "occlusion": dict(
+        occluder_prob=1.0, max_occluders=4, occluder_scale=1.5, clutter=(4, 20), identity=1.1, yaw=(-40.0, 40.0),
+        blur_sigma=(0.0, 1.2),
+    ),  # fmt: skip
     "pose": dict(
         yaw=(-60.0, 60.0), pitch=(-28.0, 28.0), roll=(-32.0, 32.0), ambient=(0.35, 0.80), light=(0.30, 0.80),
         light_angle=75.0, color_cast=0.12, blur_sigma=(0.0, 2.2), motion_blur_prob=0.20, low_res_prob=0.25,
@@ -70,6 +73,7 @@ _MEDIUM: dict[str, dict[str, Any]] = {
         yaw=(-55.0, 55.0), pitch=(-25.0, 25.0), roll=(-28.0, 28.0), ambient=(0.40, 0.88), light=(0.15, 0.70),
         light_angle=70.0, color_cast=0.10, occluder_prob=0.45, max_occluders=2, blur_sigma=(0.0, 1.8),
         motion_blur_prob=0.10, low_res_prob=0.15, noise_sigma=(1.0, 8.0), jpeg_quality=(40, 95), clutter=(2, 25),
+        occluder_scale=1.25,
         face_scale=(0.40, 0.62), center_jitter=0.07, identity=1.15, grayscale_prob=0.05,
     ),  # fmt: skip
 }
@@ -118,3 +122,11 @@ def regime_domains(severity: str = "medium", image_size: int = 256) -> dict[str,
         values = {k: _clip(k, _lerp(getattr(source, k), v, t)) for k, v in changes.items()}
         out[role] = dataclasses.replace(source, name=role, **values)
     return out
+
+
+def regime_version(severity: str = "medium", image_size: int = 256) -> str:
+    """8 hex digits that change whenever any knob of the regime's domains changes (for caches of its faces)."""
+    import hashlib
+
+    domains = regime_domains(severity, image_size)
+    return hashlib.sha1(repr(sorted((k, dataclasses.astuple(v)) for k, v in domains.items())).encode()).hexdigest()[:8]
