@@ -21,7 +21,8 @@ from scipy.integrate import simpson
 
 from pipnet_core.schemes import Scheme
 
-__all__ = ["ced", "fr_auc", "landmark_errors", "nme", "norm_distance", "region_nme"]
+__all__ = ["ause", "ced", "failure_auroc", "fr_auc", "landmark_errors", "nme", "norm_distance", "region_nme",
+           "reliability"]
 
 
 def _check(pred: np.ndarray, gt: np.ndarray, scheme: Scheme) -> tuple[np.ndarray, np.ndarray]:
@@ -138,3 +139,61 @@ def fr_auc(nmes: np.ndarray, threshold: float = 0.1, step: float = 1e-4) -> tupl
     """
     xs, ys = ced(nmes, threshold, step)
     return float(1.0 - ys[-1]), float(simpson(ys, x=xs) / threshold)
+
+
+# ----------------------------------------------------------------------------- confidence quality
+
+
+def _finite_pairs(predicted: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(predicted, dtype=np.float64).ravel()
+    r = np.asarray(real, dtype=np.float64).ravel()
+    if p.shape != r.shape:
+        raise ValueError(f"predicted and real errors differ in size ({p.size} vs {r.size})")
+    keep = np.isfinite(p) & np.isfinite(r)
+    return p[keep], r[keep]
+
+
+def failure_auroc(predicted: np.ndarray, real: np.ndarray, threshold: float = 0.08) -> float:
+    """How well a predicted error finds failures: the AUROC of ``predicted`` for ``real > threshold``.
+
+    The probability that a random failure is ranked worse than a random success (ties count half;
+    the Mann-Whitney U statistic over the two groups' sizes). NaN when either group is empty.
+    """
+    from scipy.stats import rankdata
+
+    p, r = _finite_pairs(predicted, real)
+    bad = r > threshold
+    n_bad, n_good = int(bad.sum()), int((~bad).sum())
+    if n_bad == 0 or n_good == 0:
+        return float("nan")
+    ranks = rankdata(p)
+    return float((ranks[bad].sum() - n_bad * (n_bad + 1) / 2) / (n_bad * n_good))
+
+
+def ause(predicted: np.ndarray, real: np.ndarray, steps: int = 20) -> float:
+    """Area under the sparsification error curve (Ilg et al., ECCV 2018), in NME units; 0 is a perfect ranking.
+
+    Remove the faces with the largest predicted error in ``steps`` equal fractions (0 .. (steps-1)/steps);
+    after each removal take the mean real error of what is left; the oracle removes by real error. The
+    area between the two curves (mean over the fractions) is how much of the real error the ranking misses.
+    """
+    p, r = _finite_pairs(predicted, real)
+    if len(r) < 2:
+        return float("nan")
+    by_pred, by_real = r[np.argsort(-p, kind="stable")], r[np.argsort(-r, kind="stable")]
+    fracs = np.arange(steps) / steps
+    keep = [max(1, int(round((1 - f) * len(r)))) for f in fracs]
+    curve = np.array([by_pred[len(r) - n :].mean() for n in keep])
+    oracle = np.array([by_real[len(r) - n :].mean() for n in keep])
+    return float(np.mean(curve - oracle))
+
+
+def reliability(predicted: np.ndarray, real: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
+    """Faces in equal-count bins of predicted error: mean predicted vs mean and median real error per bin."""
+    p, r = _finite_pairs(predicted, real)
+    out = []
+    for chunk in np.array_split(np.argsort(p, kind="stable"), min(bins, max(len(p), 1))):
+        if len(chunk):
+            out.append({"predicted": float(p[chunk].mean()), "real": float(r[chunk].mean()),
+                        "real_median": float(np.median(r[chunk])), "faces": int(len(chunk))})  # fmt: skip
+    return out

@@ -101,3 +101,29 @@ def test_ced_refuses_empty() -> None:
         ced(np.array([np.nan]))
     with pytest.raises(ValueError, match="step"):
         ced(np.array([0.1]), step=0)
+
+
+def test_failure_auroc_is_one_for_a_perfect_ranking_and_half_for_noise() -> None:
+    from pipnet_core.metrics import failure_auroc
+
+    real = np.array([0.02, 0.03, 0.05, 0.09, 0.2, 0.4])
+    assert failure_auroc(real, real) == 1.0
+    assert failure_auroc(-real, real) == 0.0
+    assert failure_auroc(np.ones(6), real) == 0.5  # all tied
+    assert np.isnan(failure_auroc(real, np.full(6, 0.01)))  # no failures
+    rng = np.random.default_rng(0)
+    r = rng.gamma(2, 0.04, 4000)
+    assert abs(failure_auroc(rng.random(4000), r) - 0.5) < 0.03
+
+
+def test_ause_is_zero_for_the_oracle_and_grows_with_a_worse_ranking() -> None:
+    from pipnet_core.metrics import ause, reliability
+
+    rng = np.random.default_rng(1)
+    real = rng.gamma(2, 0.03, 500)
+    assert ause(real, real) == 0.0
+    noisy = ause(real + rng.normal(0, 0.02, 500), real)
+    assert 0 < noisy < ause(rng.random(500), real)
+    bins = reliability(real * 2, real, bins=5)
+    assert [b["faces"] for b in bins] == [100] * 5
+    np.testing.assert_allclose([b["predicted"] for b in bins], [2 * b["real"] for b in bins])
