@@ -1,342 +1,271 @@
-"""The STC benchmark's report: stc.md (tables, targets), results.json and three small PNG plots."""
+"""The report of the self-training benchmark: targets, seeds and paired differences, every method, what review buys."""
 
 from __future__ import annotations
 
+import io
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+from _stc_measure import HOLDOUTS, holdout_frame
 
 __all__ = ["check_targets", "write_report"]
 
-TARGET_GAIN = 0.15  # STC lowers holdout NME by >= 15% vs supervised with the same total epochs (issue 7)
-TARGET_SPEARMAN = 0.6  # combined confidence vs real per-face NME
-TARGET_REVIEW_X = 3.0  # least confident 5% hold >= 3x the gross errors of a random 5%
-LEAST_CONFIDENT = "least confident (combined predicted NME)"
+TARGETS = ("occlusion", "pose")
 
 
 def _f(v: Any, digits: int = 4) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "n/a"
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "–"
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return out + ["| " + " | ".join(_f(c) for c in r) + " |" for r in rows]
 
 
-def _curves(res: dict[str, Any]) -> dict[str, list[float]]:
-    """Holdout NME per round of every method (round 0 shared)."""
-    return {k: [r["nme"] for r in m["rounds"]] for k, m in res["methods"].items()}
+def _final(frame: pd.DataFrame) -> pd.DataFrame:
+    """The last round of every (method, seed)."""
+    last = frame.groupby(["method", "seed"])["round"].transform("max")
+    return frame[frame["round"] == last]
 
 
-def check_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
-    """The three targets of issue 7, each with its value, threshold and met / not met."""
-    long_nme = res["baselines"]["supervised-long"]["nme"]
-    out = []
-    gains = {k: (long_nme - res["methods"][k]["rounds"][-1]["nme"]) / long_nme for k in ("paper", "confidence")}
-    best = max(gains, key=gains.get)
-    out.append({
-        "target": "STC (either schedule, final round) lowers holdout NME >= 15% vs supervised with the same total "
-                  "epochs",
-        "value": f"NME reduction: paper {gains['paper']:+.1%}, confidence {gains['confidence']:+.1%} "
-                 f"(supervised {long_nme:.4f}; negative = worse)",
-        "met": gains[best] >= TARGET_GAIN,
-    })  # fmt: skip
-    name = "round 0"  # the model whose confidence routes and selects the first pseudo-labels
-    c = res["confidence"][name]
-    met = c["combined_face"] >= TARGET_SPEARMAN and c["combined_face"] > c["score_peak_face"]
-    out.append({
-        "target": f"combined confidence Spearman >= 0.6 and beats the score peak alone ({name} model, holdout)",
-        "value": f"combined {c['combined_face']:.3f}, score peak {c['score_peak_face']:.3f}",
-        "met": bool(met),
-    })  # fmt: skip
-    rv = {r["ordering"]: r for r in res["review_value"][name]["rows"]}
-    ceiling = rv["perfect ranking (ceiling)"]["x_random"]
-    out.append({
-        "target": f"5% least confident hold >= 3x the gross errors of a random 5% ({name} model, pool)",
-        "value": f"{rv[LEAST_CONFIDENT]['x_random']:.2f}x (ceiling {ceiling:.2f}x)",
-        "met": bool(rv[LEAST_CONFIDENT]["x_random"] >= TARGET_REVIEW_X),
-    })  # fmt: skip
+def headline(res: dict[str, Any]) -> dict[str, Any]:
+    """Default schedule vs equal-steps supervised per target holdout: per-seed pairs, mean gain, its SE."""
+    frame = _final(holdout_frame(res))
+    default = res["plan"]["default"]
+    out = {}
+    for name in HOLDOUTS:
+        a = frame[(frame.method == default) & (frame.holdout == name)].set_index("seed")["nme"]
+        b = frame[(frame.method == "supervised-steps") & (frame.holdout == name)].set_index("seed")["nme"]
+        seeds = sorted(set(a.index) & set(b.index))
+        if not seeds:
+            continue
+        gain = np.array([(b[s] - a[s]) / b[s] for s in seeds])  # relative NME reduction, > 0 = self-training wins
+        se = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else float("nan")
+        out[name] = {
+            "seeds": seeds,
+            "default": [float(a[s]) for s in seeds],
+            "supervised": [float(b[s]) for s in seeds],
+            "gain": gain.tolist(),
+            "mean_gain": float(gain.mean()),
+            "se": se,
+            "all_positive": bool((gain > 0).all()),
+            "above_2se": bool(np.isfinite(se) and gain.mean() > 2 * se),
+        }
     return out
 
 
-# ----------------------------------------------------------------------------- plots
+def _review_ratio(res: dict[str, Any]) -> dict[str, Any] | None:
+    default = res["plan"]["default"]
+    runs = res["runs"].get(default, {})
+    ratios = []
+    for seed, run in runs.items():
+        last = run["rounds"][-1].get("review_value")
+        if last:
+            p, r = last["to_95"]["pipstc"], last["to_95"]["random"]
+            ratios.append({"seed": int(seed), "pipstc": p, "random": r, "worst first": last["to_95"]["worst first"],
+                           "ratio": (p / r) if p is not None and r else None, "faces": last["faces"]})  # fmt: skip
+    return {"per_seed": ratios} if ratios else None
 
 
-def _plots(res: dict[str, Any], out: Path) -> list[str]:
+def check_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """The three targets of issue 13 with the measured value, met or not."""
+    head = headline(res)
+    out = []
+    for name in TARGETS:
+        h = head.get(name)
+        met = bool(h and h["mean_gain"] >= 0.15 and h["all_positive"] and h["above_2se"])
+        value = f"{100 * h['mean_gain']:.1f} % (SE {100 * h['se']:.1f})" if h else "–"
+        out.append({"target": f"default >= 15 % lower NME than equal-steps supervised on {name}, every seed, > 2 SE",
+                    "value": value, "met": met})  # fmt: skip
+    rv = _review_ratio(res)
+    if rv:
+        ratios = [r["ratio"] for r in rv["per_seed"] if r["ratio"] is not None]
+        out.append({"target": "final round: pipstc's selection needs <= 1/3 of random review's corrections to 95 %",
+                    "value": f"{np.mean(ratios):.2f}" if ratios else "never reached",
+                    "met": bool(ratios and max(ratios) <= 1 / 3)})  # fmt: skip
+    frame = holdout_frame(res)
+    d = _final(frame[frame.method == res["plan"]["default"]])
+    aurocs = {n: float(d[d.holdout == n]["auroc"].mean()) for n in TARGETS}
+    out.append({"target": "failure-detection AUROC >= 0.9 on both target domains",
+                "value": ", ".join(f"{n} {v:.3f}" for n, v in aurocs.items()),
+                "met": all(v >= 0.9 for v in aurocs.values())})  # fmt: skip
+    return out
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _plots(res: dict[str, Any], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = []
-    fig, ax = plt.subplots(figsize=(9.0, 4.0), dpi=90)
-    for key, ys in _curves(res).items():
-        ax.plot(range(len(ys)), ys, marker="o", label=res["methods"][key]["title"])
-    long = res["baselines"]["supervised-long"]
-    ax.axhline(long["nme"], color="k", ls="--", lw=1, label=f"supervised, {long['epochs']} epochs")
-    for (key, c), ls in zip(res.get("controls", {}).items(), (":", "-."), strict=False):
-        ax.axhline(c["nme"], color="grey", ls=ls, lw=1,
-                   label=f"supervised, {c['epochs']} ep + {c['faces_added']} faces corrected in {key}")  # fmt: skip
-    ax.set_xlabel("round (0 = supervised on the labeled studio faces)")
-    ax.set_ylabel("holdout NME (wild)")
-    ax.set_xticks(range(res["rounds"] + 1))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: no line hidden
-    fig.tight_layout()
-    fig.savefig(out / "nme_per_round.png")
+    frame = holdout_frame(res)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, name in zip(axes, HOLDOUTS, strict=True):
+        sub = frame[frame.holdout == name]
+        for key in res["runs"]:
+            g = sub[sub.method == key].groupby("round")["nme"]
+            if g.ngroups > 1:
+                ax.errorbar(g.mean().index, g.mean().values, yerr=g.std().fillna(0).values, marker="o", label=key,
+                            capsize=2)  # fmt: skip
+            elif g.ngroups == 1:
+                ax.axhline(g.mean().iloc[0], ls="--", lw=1, label=key)
+        ax.set(title=f"{name} holdout", xlabel="round", ylabel="NME")
+    axes[0].legend(fontsize=6)
+    (out / "nme_per_round.png").write_bytes(_png(fig))
     plt.close(fig)
-    names.append("nme_per_round.png")
+    default = res["runs"].get(res["plan"]["default"], {})
+    first = next(iter(default.values()), None)
+    if first and first["rounds"][-1].get("review_value"):
+        rv = first["rounds"][-1]["review_value"]
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        for name, curve in rv["curves"].items():
+            ax.plot(range(len(curve)), [100 * v for v in curve], label=name)
+        hand = "label everything by hand"
+        ax.plot([0, rv["faces"]], [100 * rv["good_before"], 100], ls=":", color="grey", label=hand)
+        ax.axhline(95, color="black", lw=0.5)
+        ax.set(xlabel="corrections", ylabel="% of pool within NME 0.08", title="pool quality vs corrections")
+        ax.legend(fontsize=7)
+        (out / "review_value.png").write_bytes(_png(fig))
+        plt.close(fig)
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+        for ax, name in zip(axes, HOLDOUTS, strict=True):
+            bins = first["rounds"][-1]["holdouts"][name]["confidence"]["reliability"]
+            ax.plot([b["predicted"] for b in bins], [b["real"] for b in bins], marker="o")
+            top = max([b["predicted"] for b in bins] + [b["real"] for b in bins])
+            ax.plot([0, top], [0, top], ls=":", color="grey")
+            ax.set(title=f"reliability, {name}", xlabel="predicted NME", ylabel="real NME")
+        (out / "reliability.png").write_bytes(_png(fig))
+        plt.close(fig)
 
-    from pipnet_core.metrics import ced
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=90)
-    series = {f"supervised ({b['epochs']} ep)": b["per_face"] for b in res["baselines"].values()}
-    series |= {f"{m['title']}, round {res['rounds']}": m["final_per_face"] for m in res["methods"].values()}
-    # Up to where 90% of all faces are covered (at least 0.2): a weak cross-domain model's curve starts late.
-    every = np.concatenate([np.asarray(v, dtype=np.float64) for v in series.values()])
-    limit = max(0.2, math.ceil(float(np.nanquantile(every, 0.9)) * 20) / 20)
-    for label, per_face in series.items():
-        xs, ys = ced(np.asarray(per_face), threshold=limit, step=1e-3)
-        ax.plot(xs, ys, label=label)
-    ax.axvline(0.1, color="grey", lw=0.8, ls=":")
-    ax.set_xlabel("NME (inter-ocular)")
-    ax.set_ylabel("share of holdout faces")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "ced_final.png")
-    plt.close(fig)
-    names.append("ced_final.png")
+def _mean_sd(values: list[float]) -> str:
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return f"{np.mean(values):.4f} ± {sd:.4f}"
 
-    fig, ax = plt.subplots(figsize=(5.0, 4.2), dpi=90)
-    lo, hi = np.inf, 0.0
-    for name, c in res["confidence"].items():
-        if name != "round 0" and not name.startswith("confidence,"):
+
+def _headline_lines(res: dict[str, Any]) -> list[str]:
+    head = headline(res)
+    rows = []
+    for name, h in head.items():
+        pairs = ", ".join(f"s{s}: {a:.4f} vs {b:.4f}" for s, a, b in zip(h["seeds"], h["default"], h["supervised"],
+                                                                        strict=True))  # fmt: skip
+        rows.append([name, _mean_sd(h["default"]), _mean_sd(h["supervised"]),
+                     f"{100 * h['mean_gain']:+.1f} % ± {100 * h['se']:.1f}", pairs])  # fmt: skip
+    header = ["holdout", f"{res['plan']['default']} (mean ± sd)", "supervised, equal steps", "paired gain ± SE",
+              "per seed (default vs supervised)"]  # fmt: skip
+    return _table(header, rows)
+
+
+def _methods_lines(res: dict[str, Any]) -> list[str]:
+    frame = holdout_frame(res)
+    rows = []
+    for key, title in res["methods"].items():
+        sub = frame[frame.method == key]
+        if sub.empty:
+            rows.append([title, "not run", "", "", "", ""])
             continue
-        p = [b["predicted"] for b in c["reliability"]]
-        r = [b["real"] for b in c["reliability"]]
-        ax.plot(p, r, marker="o", label=f"{name} model")
-        lo, hi = min(lo, *p, *r), max(hi, *p, *r)
-    if math.isfinite(lo):
-        ax.plot([lo, hi], [lo, hi], color="k", ls="--", lw=1, label="perfect calibration")
-        from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
-
-        ticks = [v for v in (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0) if lo / 1.5 <= v <= hi * 1.5]
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        for axis in (ax.xaxis, ax.yaxis):
-            axis.set_major_locator(FixedLocator(ticks))
-            axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            axis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("predicted face NME (bin mean)")
-    ax.set_ylabel("real face NME (bin mean)")
-    ax.set_title("reliability, holdout test half", fontsize=9)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "reliability.png")
-    plt.close(fig)
-    names.append("reliability.png")
-    return names
+        cells = []
+        for name in HOLDOUTS:
+            g = sub[sub.holdout == name].groupby("round")
+            cells.append(" → ".join(f"{v:.4f}" for v in g["nme"].mean().values))
+        seeds = sub["seed"].nunique()
+        images = sum(r["training_images"] for run in res["runs"][key].values() for r in run["rounds"]) / max(seeds, 1)
+        rows.append([title, str(seeds), f"{images / 1e3:.1f}k", *cells])
+    return _table(["method", "seeds", "training images", *[f"{n} NME per round" for n in HOLDOUTS]], rows)
 
 
-# ----------------------------------------------------------------------------- markdown
-
-
-def _control_title(res: dict[str, Any], key: str, c: dict[str, Any]) -> str:
-    title = res["methods"][key]["title"]
-    return f"supervised ({c['epochs']} epochs) + the {c['faces_added']} faces corrected in {title}"
-
-
-def _accuracy_tables(res: dict[str, Any]) -> list[str]:
-    r_max = res["rounds"]
-    base, long = res["baselines"]["supervised"], res["baselines"]["supervised-long"]
-    header = ["method", *[f"round {k}" for k in range(r_max + 1)], f"NME reduction vs supervised {long['epochs']} ep"]
-    rows = [[f"supervised ({base['epochs']} epochs)", _f(base["nme"]), *[""] * r_max, ""],
-            [f"supervised ({long['epochs']} epochs)", *[""] * r_max, _f(long["nme"]), "reference"]]  # fmt: skip
-    for m in res["methods"].values():
-        ys = [r["nme"] for r in m["rounds"]]
-        rows.append([m["title"], *[_f(y) for y in ys], f"{(long['nme'] - ys[-1]) / long['nme']:+.1%}"])
-    for key, c in res.get("controls", {}).items():
-        rows.append([_control_title(res, key, c), *[""] * r_max, _f(c["nme"]),
-                     f"{(long['nme'] - c['nme']) / long['nme']:+.1%}"])  # fmt: skip
-    parts = ["### Holdout NME per round (lower is better)", "",
-             "Positive reduction: lower NME than the supervised model trained as long as all rounds together. The "
-             "last rows are controls: that same supervised training plus every face a review method had corrected "
-             "(true landmarks from the first epoch), without any pseudo-label; they tell how much of a review "
-             "method's gain the reviewed faces alone explain.", "", _table(header, rows), ""]  # fmt: skip
-    header = ["method", "round", "NME", "FR@0.1", "AUC@0.1", "pseudo-label NME (pool, real)", "pseudo gross share",
-              "training faces (levels)", "corrected after this round", "train s"]  # fmt: skip
-    rows = [[f"supervised ({b['epochs']} ep)", 0, _f(b["nme"]), _f(b["fr"], 3), _f(b["auc"], 3), "", "", "", "", ""]
-            for b in (base, long)]  # fmt: skip
-    for key, c in res.get("controls", {}).items():
-        rows.append([_control_title(res, key, c), 0, _f(c["nme"]), _f(c["fr"], 3), _f(c["auc"], 3), "", "",
-                     f"{res['sizes']['labeled'] + c['faces_added']} (std)", c["faces_added"], ""])  # fmt: skip
-    for m in res["methods"].values():
-        for r in m["rounds"]:
-            ts = r.get("training_set") or {}
-            levels = ", ".join(f"{k} {v}" for k, v in sorted((ts.get("levels") or {}).items()))
-            rows.append([m["title"], r["round"], _f(r["nme"]), _f(r["fr"], 3), _f(r["auc"], 3),
-                         _f(r.get("pseudo_nme")), _f(r.get("pseudo_gross"), 3),
-                         f"{ts.get('faces', '')} ({levels})" if ts else "labeled only", r.get("corrected_total", 0),
-                         _f(r["seconds"].get("train"), 0) if r["round"] else ""])  # fmt: skip
-    parts += ["### Every round in detail", "",
-              "Pseudo-label NME: the real NME (against the generator's truth) of the pseudo-labels that round's model "
-              "made on the pool, which the next round trains on. Training faces: labeled studio faces plus the "
-              "previous round's pseudo-labels per level (plus corrections); pseudo-labels routed to review are out.",
-              "", _table(header, rows), ""]  # fmt: skip
-    return parts
-
-
-def _confidence_tables(res: dict[str, Any]) -> list[str]:
-    c0 = res["confidence"]["round 0"]
-    header = ["signal", "face Spearman (raw)", "face Spearman (fitted alone)", "landmark Spearman (raw)",
-              "landmark Spearman (fitted alone)"]  # fmt: skip
-    rows = [[r["title"], _f(r["face_raw"], 3), _f(r["face_fitted"], 3), _f(r["landmark_raw"], 3),
-             _f(r["landmark_fitted"], 3)] for r in c0["rows"]]  # fmt: skip
-    parts = ["### Confidence quality, round 0 model (holdout)", "",
-             f"Fitted on the calibration half of the holdout ({c0['faces_calibration']} faces), measured on the other "
-             f"half ({c0['faces_test']} faces), as evaluate_round does. Raw: the signal itself (face: mean over the "
-             "landmarks; score peak and coarse/fine agreement negated so that higher means worse). Fitted alone: "
-             "a one-signal ConfidenceModel (n/a: its weight had the wrong sign and was dropped). Combined weights: "
-             + ", ".join(f"{k} {v:+.3f}" for k, v in c0["weights"].items()) + ".",
-             "", _table(header, rows), ""]  # fmt: skip
-    header = ["model", "holdout NME", "combined face Spearman", "combined landmark Spearman",
-              "score peak face Spearman", "mean predicted / real NME", "pool Spearman (predicted vs real)"]  # fmt: skip
-    rows = [[name, _f(c["holdout_nme"]), _f(c["combined_face"], 3), _f(c["combined_landmark"], 3),
-             _f(c["score_peak_face"], 3), f"{c['mean_predicted']:.4f} / {c['mean_real']:.4f}",
-             _f(res["review_value"][name]["pool_spearman"], 3)] for name, c in res["confidence"].items()]  # fmt: skip
-    parts += ["### Confidence quality of every final model", "",
-              "Score peak face Spearman: the better of raw and fitted alone. Pool Spearman: predicted NME of the "
-              "round's calibrated model against the real NME of every pool face it labels (pool truth).", "",
-              _table(header, rows), ""]  # fmt: skip
-    header = ["predicted NME (bin mean)", "real NME (bin mean)", "real NME (bin median)", "faces"]
-    rows = [[_f(b["predicted"]), _f(b["real"]), _f(b["real_median"]), b["faces"]] for b in c0["reliability"]]
-    parts += ["### Reliability, round 0 model (holdout test half, equal-count bins)", "", _table(header, rows), "",
-              "![reliability](reliability.png)", ""]  # fmt: skip
-    return parts
-
-
-def _review_tables(res: dict[str, Any]) -> list[str]:
-    r0 = res["review_value"]["round 0"]
-    header = ["worst 5% by", "gross errors found", "share of gross errors", "x random", "precision",
-              "worst-10% faces found", "x random (worst 10%)"]  # fmt: skip
-    rows = [[r["ordering"], _f(float(r["found"]), 1), _f(r["share"], 3), _f(r["x_random"], 2), _f(r["precision"], 3),
-             _f(float(r["found_worst10"]), 1), _f(r["x_random_worst10"], 2)] for r in r0["rows"]]  # fmt: skip
-    parts = ["### Review value, round 0 model (pool)", "",
-             f"Pool {r0['pool_faces']} faces, budget {r0['budget']} (5%), gross errors (real NME > 0.1) "
-             f"{r0['gross']} ({r0['gross_rate']:.1%} of the pool). When gross errors are more than 5% of the pool, "
-             "even a perfect ranking cannot reach more than 1 / gross rate times random: see the ceiling row. "
-             "The last two columns use a relative definition instead: the worst 10% of the pool by real NME "
-             f"({r0['worst10']} faces), of which a perfect 5% ranking finds 10x what a random 5% finds.", "",
-             _table(header, rows), ""]  # fmt: skip
-    header = ["model", "pool faces", "gross rate", "least confident x random", "pose-spread selection x random",
-              "score peak x random", "ceiling x random", "least confident x random (worst 10%)",
-              "score peak x random (worst 10%)"]  # fmt: skip
+def _confidence_lines(res: dict[str, Any]) -> list[str]:
+    frame = holdout_frame(res)
+    sub = frame[frame.method == res["plan"]["default"]]
     rows = []
-    for name, rv in res["review_value"].items():
-        by = {r["ordering"]: r for r in rv["rows"]}
-        peak = by.get("score peak (negated) alone", {})
-        rows.append([name, rv["pool_faces"], _f(rv["gross_rate"], 3), _f(by[LEAST_CONFIDENT]["x_random"], 2),
-                     _f(by["review selection (least confident, pose-spread)"]["x_random"], 2),
-                     _f(peak.get("x_random", float("nan")), 2), _f(by["perfect ranking (ceiling)"]["x_random"], 2),
-                     _f(by[LEAST_CONFIDENT]["x_random_worst10"], 2),
-                     _f(peak.get("x_random_worst10", float("nan")), 2)])  # fmt: skip
-    parts += ["### Review value of every final model (its unlabeled pool)", "", _table(header, rows), ""]
-    return parts
+    for (rnd, name), g in sub.groupby(["round", "holdout"]):
+        rows.append([str(rnd), name, float(g["spearman"].mean()), float(g["auroc"].mean()), float(g["ause"].mean()),
+                     float(g["nme"].mean())])  # fmt: skip
+    return _table(["round", "holdout", "Spearman", "AUROC (NME > 0.08)", "AUSE", "NME"], rows)
 
 
-def _level_table(res: dict[str, Any]) -> list[str]:
-    header = ["method", "labels of round", "level", "labels", "real NME mean", "real NME median", "gross share",
-              "predicted NME mean"]  # fmt: skip
+def _review_lines(res: dict[str, Any]) -> list[str]:
     rows = []
-    for key in ("confidence", "confidence+review"):
-        for lv in res["methods"][key]["levels"]:
-            rows.append([key, lv["round"], lv["level"], lv["labels"], _f(lv["nme_mean"]), _f(lv["nme_median"]),
-                         _f(lv["gross_share"], 3), _f(lv["predicted_nme_mean"])])  # fmt: skip
-    cfg = res["config"]
-    return ["### Pseudo-label quality per level (confidence schedule)", "",
-            f"Round k's model labels the pool; round k + 1 trains on those labels at their level (thresholds on "
-            f"predicted NME: std < {cfg['std_below']}, cls2 < {cfg['cls2_below']}, cls3 < {cfg['cls3_below']}, else "
-            "review). Real NME against the pool truth.", "", _table(header, rows), ""]  # fmt: skip
+    for seed, run in res["runs"].get(res["plan"]["default"], {}).items():
+        for r in run["rounds"]:
+            rv = r.get("review_value")
+            if rv:
+                t = rv["to_95"]
+                rows.append([seed, str(r["round"]), str(rv["faces"]), f"{100 * rv['good_before']:.1f} %",
+                             _f(t["pipstc"]), _f(t["random"]), _f(t["worst first"])])  # fmt: skip
+    return _table(["seed", "round", "pool faces", "within 0.08 before review", "pipstc selection", "random",
+                   "worst first (oracle)"], rows)  # fmt: skip
+
+
+def _level_lines(res: dict[str, Any]) -> list[str]:
+    rows = []
+    for key, runs in res["runs"].items():
+        run = next(iter(runs.values()))
+        for r in run["rounds"]:
+            for lv in (r.get("pseudo") or {}).get("levels", []):
+                rows.append([key, str(r["round"]), lv["level"], str(lv["labels"]), lv["nme_mean"], lv["gross_share"],
+                             lv["predicted_nme_mean"]])  # fmt: skip
+    return _table(["method", "made by round", "level", "labels", "real NME", "share > 0.1", "predicted NME"], rows)
 
 
 def write_report(res: dict[str, Any], out: Path) -> Path:
-    """Write stc.md, results.json and the plots into ``out``; returns the markdown path."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write ``stc.md``, ``results.json`` and the plots into ``out``."""
+    res["targets"] = check_targets(res)
     (out / "results.json").write_text(json.dumps(res, indent=1, default=float))
-    plots = _plots(res, out)
-    targets = check_targets(res)
-    res["targets"] = targets
-    (out / "results.json").write_text(json.dumps(res, indent=1, default=float))
-    cfg = {**res["config"], **res["config"].get("train", {})}  # round fields and the composed training fields
-    t = res["timings"]
-    quick = res["mode"] == "quick"
-    parts = [
-        "# STC benchmark: accuracy per round, confidence quality, review value",
+    _plots(res, out)
+    plan = res["plan"]
+    lines = [
+        "# Self-training benchmark",
         "",
-        *(["**QUICK MODE: a smoke test on tiny sizes; the numbers mean nothing.**", ""] if quick else []),
-        f"Command: `{res['command']}` (finished {res['finished']}, {t['total'] / 60:.1f} min on {res['threads']} "
-        "threads). Written by bench/bench_stc.py; every number below comes from this one run.",
-        "",
-        *[line for note in res.get("notes", []) for line in (f"Note: {note}", "")],
-        f"Data (flows.demo.make_demo_data, seed {res['seed']}): {res['sizes']['labeled']} labeled faces in the "
-        f"`studio` domain; holdout {res['sizes']['holdout']} and pool {res['sizes']['pool']} faces in the shifted "
-        "`wild` domain (pose, harsh light, clutter, occlusion, blur). Pool crops come from simulated detector boxes; "
-        "the pool's truth is used only to score pseudo-labels and to answer as the simulated reviewer.",
-        "",
-        f"Model and training: {cfg['backbone']} width {cfg['base_width']}, {cfg['input_size']} px input, stride "
-        f"{cfg['net_stride']} (grid {cfg['input_size'] // cfg['net_stride']}), batch {cfg['batch_size']}, Adam lr "
-        f"{cfg['lr']}, {cfg['epochs']} epochs per round (milestones {cfg['milestones']}), flip TTA "
-        f"{cfg['flip_tta']}, backend {cfg['backend']}. Round 0 is trained once and shared; each method then runs "
-        f"{res['rounds']} self-training rounds. The long supervised baseline trains {res['long_epochs']} epochs "
-        f"(milestones {res['long_milestones']}) on the labeled faces only. `paper` and `plain` re-initialise each "
-        "round (the paper); `confidence` fine-tunes from the previous round (its policy's default). The steps are "
-        "the plain functions of flows/ and annotations/, called directly (no Prefect orchestration, which would only "
-        "add "
-        "overhead to the timings).",
+        f"Command: `{plan['command']}`. Regime `{plan['severity']}`, seeds {plan['seeds']}, sizes {plan['sizes']}, "
+        f"model {plan['model']}, round 0 {plan['round0_epochs']} epochs, {plan['rounds']} rounds x {plan['epochs']} "
+        f"epochs, review {plan['review_budget']:.0%} of the pool per round (noise {plan['reviewer_noise']:.0%} of the "
+        f"inter-ocular distance). pipstc's default schedule: `{plan['default']}`."
+        + (" QUICK RUN: tiny sizes, numbers meaningless." if plan["quick"] else ""),
         "",
         "## Targets",
         "",
-        _table(
-            ["target", "value", "met"],
-            [[x["target"], x["value"], "**met**" if x["met"] else "not met"] for x in targets],
-        ),  # fmt: skip
+        *_table(["target", "measured", "met"], [[t["target"], t["value"], "yes" if t["met"] else "NO"]
+                                                 for t in res["targets"]]),  # fmt: skip
         "",
-        "## 1. Accuracy per round",
+        "## Headline: the default schedule against supervised training of equal steps (final round)",
         "",
-        *_accuracy_tables(res),
+        *_headline_lines(res),
+        "",
+        "## Every method (mean over its seeds; supervised rows are one training)",
+        "",
+        *_methods_lines(res),
+        "",
         "![NME per round](nme_per_round.png)",
         "",
-        "![CED of the final rounds](ced_final.png)",
+        "## Confidence quality of the default schedule, per holdout and round",
         "",
-        "## 2. Confidence quality",
+        *_confidence_lines(res),
         "",
-        *_confidence_tables(res),
-        "## 3. Review value",
+        "![reliability](reliability.png)",
         "",
-        *_review_tables(res),
-        "## 4. Pseudo-label quality per level",
+        "## What a data team buys: corrections to reach 95 % of the pool within NME 0.08",
         "",
-        *_level_table(res),
-        "## Timings",
+        *_review_lines(res),
         "",
-        "Wall-clock seconds on a machine shared with other jobs: the same training ran at ~150 images/s with the "
-        "cores to itself and several times slower while other processes ran, so compare timings within a run only. "
-        "cpu_share: CPU time of the run (with its loader workers) over wall time x threads.",
+        "![review value](review_value.png)",
         "",
-        _table(["step", "seconds"], [[k, f"{v:.2f}" if k == "cpu_share" else f"{v:.0f}"] for k, v in t.items()]),
+        "## Pseudo-label quality per level and round (first seed)",
         "",
-        f"Plots: {', '.join(plots)}. Raw numbers: results.json.",
+        *_level_lines(res),
         "",
-        *(["## Reading (written after this run)", "", res["reading"], ""] if res.get("reading") else []),
-    ]
+    ]  # fmt: skip
     path = out / "stc.md"
-    path.write_text("\n".join(parts))
+    path.write_text("\n".join(lines))
     return path

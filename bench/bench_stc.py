@@ -1,51 +1,46 @@
-"""Does STC work? Accuracy per round, confidence quality and review value on the synthetic cross-domain setting.
+"""The self-training benchmark (issues 13 and 14): methods side by side in a cross-domain regime, over seeds.
 
-Issue 7. One run, same data, same training budget per round, side by side:
+The regime (synthetic_faces.regimes, chosen from supervised runs alone, see bench/RESULTS.md) has a
+labeled source domain, a broad unlabeled pool and two target holdouts (occlusion, pose) beside a
+source holdout, like PIPNet's 300W -> CelebA -> COFW/WFLW setting. Per seed (data and initialisation):
 
-* supervised only (round 0), and round 0 trained as long as all rounds together ((R + 1) x epochs), so
-  extra epochs are not mistaken for self-training;
-* plain self-training (every pseudo-label at the full task, schedule ``plain``), the paper's STC
-  (``paper``: cls3, cls2, std, ... re-initialised each round), pipstc's confidence-routed curriculum
-  (``confidence``: each pseudo-label routed by its own predicted NME, fine-tuned from the last round),
-  and the last two with a human review budget of 5% of the pool per round. The simulated reviewer
-  answers with the generator's ground truth (``pool_truth/*.pts``): a ``corrected`` label whose parent is
-  the pseudo-label, annotator ``simulated-reviewer``. Only the benchmark does this. A control per review
-  method trains the long supervised baseline plus the faces that method had corrected (no pseudo-labels),
-  to tell the value of the reviewed faces from that of the self-training around them.
+1. the faces are written and imported into a store the way a team imports them (flows.ingest_steps:
+   .pts folders for the labeled set and the source holdout, an image folder with detector-like boxes
+   for the pool); round 0 (supervised) is trained once, to convergence, and shared by every method;
+2. each self-training method copies that store and runs the real round flow (flows.stc.stc_round) for
+   R rounds: pseudo-label the pool, review step, train, evaluate; the review method gets a simulated
+   reviewer (truth + noise of 1 % of the inter-ocular distance per landmark) at 5 % of the pool;
+3. the supervised baselines train on the labeled faces only, for as many images as the default
+   schedule's whole run (primary) or as many epochs; the control adds the review method's corrected
+   faces to them, with no pseudo-labels.
 
-Data (flows.demo.make_demo_data): a small labeled set in the ``studio`` domain, a holdout and a pool in
-the shifted ``wild`` domain (the paper's cross-domain setting, docs/architecture.md section 6); the pool has
-simulated detector boxes and its truth kept aside. Round 0 is trained once in a base store, which is
-then copied per method; each method runs R self-training rounds. The steps are the plain functions of
-flows/ (train_round, evaluate_round, label_shard) and annotations/ (plan_pool_shards, round_candidates),
-called directly: the Prefect flows (flows/stc.py) wrap exactly these, and their orchestration overhead
-would only blur the timings.
+Every round of every method is evaluated on all three holdouts with its calibrated confidence
+(bench/_stc_measure.py), and at each round of the default schedule the pool is ordered by pipstc's
+selection, at random and worst first to count the corrections each needs to get 95 % of the pool's
+labels within NME 0.08. Results are cached per (seed, method, round), so a stopped run resumes.
 
-Measured besides holdout NME / FR@0.1 / AUC@0.1 (bench/_stc_measure.py): confidence quality on the
-holdout (Spearman of predicted vs real NME per face and per landmark, each signal alone and combined,
-the combined model fitted on one half of the holdout and measured on the other, as evaluate_round does),
-review value on the pool (share of the gross errors, NME > 0.1, found in the 5% least confident vs a
-random 5% and vs ordering by score peak), and the real NME of the pseudo-labels routed to each level.
-
-    python bench/bench_stc.py            # full: ~30-35 min on 2 idle cores (43 min on the shared machine)
-    python bench/bench_stc.py --quick    # CI smoke test: a few minutes, tiny sizes, numbers meaningless
+    python bench/bench_stc.py                      # the full benchmark (hours; resumable)
+    python bench/bench_stc.py --seeds 3,4 --severity mild   # others: other seeds, a neighbouring regime
+    python bench/bench_stc.py --quick              # CI: tiny sizes, one seed; numbers meaningless
 
 Writes <out>/stc.md, <out>/results.json and PNG plots (default out: bench/results; bench/results/quick
-with --quick, so a smoke test never overwrites the full numbers).
+with --quick). A Prefect API serves the round flows: PREFECT_API_URL when set, else Prefect's temporary
+local server.
 """
 
 from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")  # before torch/numpy start their thread pools
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: spinning threads collapse on shared cores
 
 import argparse
+import csv
+import json
+import resource
 import shutil
 import sys
-import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,360 +52,319 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _stc_measure import analyse_confidence, analyse_review_value, pool_truth, pseudo_label_quality  # noqa: E402
-from _stc_report import write_report  # noqa: E402
+from _stc_measure import (  # noqa: E402
+    evaluate_holdouts,
+    pool_truth,
+    pseudo_label_quality,
+    simulated_detector_boxes,
+    training_images,
+)
+from regime_probe import MODELS, make_data  # noqa: E402
 
-from annotations.review.candidates import round_candidates  # noqa: E402
 from annotations.store import Store  # noqa: E402
-from annotations.store.shards import plan_pool_shards  # noqa: E402
-from flows import checkpoints, evaluation, labeling, training  # noqa: E402
 from flows.config import STCConfig  # noqa: E402
 
-THREADS = 2
+DEFAULT_SCHEDULE = "confidence"  # declared in bench/RESULTS.md before the first full run; the targets apply to it
 
 
 @dataclass(frozen=True)
 class Method:
     key: str
     title: str
-    schedule: str
-    review: bool
+    kind: str  # "self" (rounds of a schedule) | "steps" | "epochs" (supervised) | "control"
+    schedule: str = DEFAULT_SCHEDULE
+    review: bool = False
+    seeds: str = "all"  # "all" seeds (headline comparisons) or "first"
 
 
 METHODS = (
-    Method("plain", "plain self-training", "plain", False),
-    Method("paper", "STC, paper schedule", "paper", False),
-    Method("confidence", "STC, confidence-routed", "confidence", False),
-    Method("paper+review", "STC, paper + 5% review", "paper", True),
-    Method("confidence+review", "STC, confidence + 5% review", "confidence", True),
+    Method("confidence", "pipstc default: STC, confidence-routed", "self", "confidence"),
+    Method("supervised-steps", "supervised, equal steps (primary baseline)", "steps"),
+    Method("supervised-epochs", "supervised, equal epochs", "epochs"),
+    Method("plain", "plain self-training", "self", "plain", seeds="first"),
+    Method("paper", "STC, paper schedule", "self", "paper", seeds="first"),
+    Method("stld", "STLD (selection-free)", "self", "stld", seeds="first"),
+    Method("confidence+review", "pipstc default + 5% review per round", "self", "confidence", True, "first"),
+    Method("control", "control: supervised + the same corrected faces", "control", seeds="first"),
 )
 
 
 @dataclass
 class Plan:
-    """Sizes and settings of one benchmark run."""
-
-    mode: str
-    labeled: int
-    holdout: int
-    pool: int
+    seeds: tuple[int, ...]
+    severity: str
+    sizes: dict[str, int]
+    model: str
+    round0_epochs: int
+    epochs: int
     rounds: int
-    cfg: STCConfig
-    seed: int
-    long_cfg: STCConfig = field(init=False)
+    review_budget: float = 0.05
+    reviewer_noise: float = 0.01
+    quick: bool = False
+    methods: tuple[Method, ...] = METHODS
+    extra: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        # Supervised for as many epochs as round 0 plus all self-training rounds, schedule stretched alike.
-        factor = self.rounds + 1
-        self.long_cfg = self.cfg.replace(
-            epochs=self.cfg.train.epochs * factor, milestones=tuple(m * factor for m in self.cfg.train.milestones)
-        )
+    def config(self, schedule: str, epochs: int, seed: int, review: bool = False) -> STCConfig:
+        base = STCConfig.tiny() if self.quick else STCConfig()
+        model = {} if self.quick else MODELS[self.model]
+        return base.replace(**model, epochs=epochs, milestones=milestones_for(epochs), lr=1e-3,
+                            batch_size=8 if self.quick else 16, seed=seed, schedule=schedule,
+                            review_budget=self.review_budget if review else 0.0, **self.extra)  # fmt: skip
+
+
+def milestones_for(epochs: int) -> tuple[int, int]:
+    """LR drops (x0.1) at 2/3 and 5/6 of the epochs, as STLD's CPU-sized schedule suggests (docs/algorithm.md 6.2)."""
+    return max(1, int(round(epochs * 2 / 3))), max(1, int(round(epochs * 5 / 6)))
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
     if args.quick:
-        # STCConfig.tiny sizes, plus flip TTA so that every confidence signal exists in the tables.
-        cfg = STCConfig.tiny(epochs=2, milestones=(1,), flip_tta=True, seed=args.seed)
-        sizes, rounds = (40, 40, 60), 3
-    else:
-        # STCConfig.demo: a narrow ResNet-18 at 128 px (grid 8 via stride 16). Sizes and epochs from a measured
-        # epoch: ~150 img/s training on 2 idle cores (a 1100-face epoch in ~7 s), so the ~220k training images
-        # of the run take ~25 min alone; the machine is shared, and other jobs can slow it 2-7x.
-        epochs = args.epochs or 14
-        cfg = STCConfig.demo(epochs=epochs, milestones=(round(epochs * 0.7), round(epochs * 0.9)), seed=args.seed)
-        sizes, rounds = (300, 300, 800), 3
-    if args.sizes:
-        sizes = tuple(int(v) for v in args.sizes.split(","))
-    if args.epochs and args.quick:
-        cfg = cfg.replace(epochs=args.epochs, milestones=(max(1, args.epochs // 2),))
-    return Plan("quick" if args.quick else "full", *sizes, rounds=args.rounds or rounds, cfg=cfg, seed=args.seed)
+        return Plan(seeds=(0,), severity=args.severity, sizes={"labeled": 24, "holdout": 12, "pool": 32},
+                    model="w16-128", round0_epochs=3, epochs=2, rounds=1, quick=True)  # fmt: skip
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    return Plan(seeds=seeds, severity=args.severity,
+                sizes={"labeled": args.labeled, "holdout": args.holdout, "pool": args.pool}, model=args.model,
+                round0_epochs=args.round0_epochs, epochs=args.epochs, rounds=args.rounds)  # fmt: skip
 
 
 class Clock:
-    """Progress lines with the time since the start."""
+    """Wall and process CPU seconds since the start (CPU moves far less than wall on shared cores)."""
 
-    def __init__(self) -> None:
-        self.t0 = time.perf_counter()
+    def __init__(self, log_path: Path) -> None:
+        self.t0, self.log_path = time.perf_counter(), log_path
 
     def __call__(self, msg: str) -> None:
-        print(f"[{time.perf_counter() - self.t0:7.1f} s] {msg}", flush=True)
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.t0
-
-
-def cpu_seconds() -> float:
-    """CPU time of this process and its finished children (the data-loader workers of every epoch)."""
-    import resource
-
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+        line = f"[{time.perf_counter() - self.t0:8.0f} s wall, {cpu:8.0f} s cpu] {msg}"
+        print(line, flush=True)
+        with open(self.log_path, "a") as f:
+            f.write(line + "\n")
 
 
-def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
-    t = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t
+# ----------------------------------------------------------------------------- data and round 0
 
 
-# ----------------------------------------------------------------------------- store steps
-
-
-def ingest(url: str, paths: dict[str, Path], images: Path) -> None:
+def ingest(work: Path, data: dict[str, Any], seed: int) -> str:
+    """The labeled faces, the source holdout and the pool (detector-like boxes) in a fresh store, once."""
     from flows.ingest_steps import ingest_source
     from pipnet_core.schemes import get_scheme
 
+    url = str(work / "ingested")
+    if Path(url, ".complete").exists():
+        return url
+    shutil.rmtree(url, ignore_errors=True)
     Store.create(url, get_scheme("300w"))
-    ingest_source(url, str(paths["labeled"]), "pts", split="train", dataset="bench-labeled")
-    ingest_source(url, str(paths["holdout"]), "pts", split="holdout", dataset="bench-holdout")
-    ingest_source(url, str(paths["pool"]), "pool", dataset="bench-pool", boxes_file=str(images / "pool_boxes.csv"))
+    ingest_source(url, str(Path(data["labeled"]["paths"][0]).parent), "pts", split="train", dataset="source")
+    ingest_source(url, str(Path(data["source_holdout"]["paths"][0]).parent), "pts", split="holdout",
+                  dataset="source-holdout")  # fmt: skip
+    pool_dir = Path(data["pool"]["paths"][0]).parent
+    boxes = simulated_detector_boxes(data["pool"]["landmarks"], np.random.default_rng(seed))
+    with open(work / "pool_boxes.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "x0", "y0", "x1", "y1", "score"])
+        w.writerows([Path(p).name, *[f"{v:.2f}" for v in b], "0.99"] for p, b in zip(data["pool"]["paths"], boxes,
+                                                                                    strict=True))  # fmt: skip
+    ingest_source(url, str(pool_dir), "pool", boxes_file=str(work / "pool_boxes.csv"), dataset="pool")
+    Path(url, ".complete").write_text("ok")
+    return url
 
 
-def label_pool(url: str, k: int, cfg: STCConfig) -> int:
-    """Pseudo-label the unlabeled pool with round k's model (the label-pool flow's shards, run in turn)."""
-    labeled = 0
-    for shard in plan_pool_shards(Store.open(url), k, cfg.shard_size):
-        labeled += labeling.label_shard(url, k, shard, cfg.to_json())["labeled"]
-    return labeled
+def train_round0(work: Path, ingested: str, plan: Plan, seed: int, log: Clock) -> str:
+    """Round 0 (supervised on the labeled faces) trained and evaluated once per seed, shared by the methods."""
+    from flows.evaluation import evaluate_round
+    from flows.training import train_round
 
-
-def simulate_review(url: str, k: int, cfg: STCConfig, truth: dict[str, np.ndarray]) -> int:
-    """The benchmark's reviewer: the faces select_review_candidates picks come back with their true landmarks.
-
-    Stored as a real pull would store them (annotations/review/pull.py): a ``corrected`` label of the
-    pseudo-label's round, ``parent_label_id`` = the pseudo-label, plus pushed/completed review events.
-    """
-    ids = round_candidates(Store.open(url), k, cfg.review_budget)
-    if not ids:
-        return 0
+    url = str(work / "round0")
+    if Path(url, ".complete").exists():
+        return url
+    shutil.rmtree(url, ignore_errors=True)
+    shutil.copytree(ingested, url)
+    cfg = plan.config(DEFAULT_SCHEDULE, plan.round0_epochs, seed)
+    Store.open(url).write_round_json(0, "config.json", cfg.to_dict())
+    train_round(url, 0, cfg, progress=False)
+    evaluate_round(url, 0, cfg)
     store = Store.open(url)
-    pseudo = store.pseudo_labels(k).frame.drop_duplicates("sample_id", keep="last").set_index("sample_id")
-    parent = pseudo.loc[ids, "label_id"].astype(str).to_numpy()
-    rows = pd.DataFrame(
-        {
-            "sample_id": ids,
-            "source": "corrected",
-            "round": k,
-            "model_version": checkpoints.model_version(k),
-            "annotator": "simulated-reviewer",
-            "parent_label_id": parent,
-        }
-    )
-    store.add_labels(rows, np.stack([truth[s] for s in ids]).astype(np.float32))
-    now = pd.Timestamp.now(tz="UTC")
-    events = pd.DataFrame(
-        {
-            "sample_id": ids * 2,
-            "round": k,
-            "status": ["pushed"] * len(ids) + ["completed"] * len(ids),
-            "label_id": list(parent) * 2,
-            "note": "simulated reviewer (benchmark only)",
-            "updated_at": [now] * len(ids) + [now + pd.Timedelta(seconds=1)] * len(ids),
-        }
-    )
-    store.add_reviews(events)
-    return len(ids)
+    shared = {"shared": "round 0 of the benchmark, trained once per seed"}
+    store.mark_step(0, "sync_reviews", shared)
+    store.mark_step(0, "train", {**shared, "checkpoint": "rounds/round=0/model.pt"})
+    store.mark_step(0, "evaluate", {**shared, **store.read_round_json(0, "metrics.json")})
+    Path(url, ".complete").write_text("ok")
+    log(f"seed {seed}: round 0 trained ({plan.round0_epochs} epochs)")
+    return url
 
 
-def holdout_per_face(url: str, k: int) -> list[float]:
-    import io
-
-    data = np.load(io.BytesIO(Store.open(url).read_round_file(k, "holdout_predictions.npz")))
-    return [float(v) for v in data["per_face"]]
+# ----------------------------------------------------------------------------- runs
 
 
-def round_row(k: int, metrics: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "round": k,
-        "nme": metrics["nme"],
-        "fr": metrics["fr@0.1"],
-        "auc": metrics["auc@0.1"],
-        "confidence_spearman": metrics.get("confidence_spearman"),
-    }
+def _cache(work: Path, key: str, k: int) -> Path:
+    return work / "results" / f"{key.replace('+', '-')}-r{k}.json"
 
 
-# ----------------------------------------------------------------------------- the run
+def _measure(url: str, k: int, cfg: STCConfig, data: dict[str, Any], truth: dict[str, np.ndarray],
+             review_value: bool, seed: int) -> dict[str, Any]:  # fmt: skip
+    from flows.simulate_review import correction_curves, pool_quality
+
+    store = Store.open(url)
+    holdouts = {name: data[f"{name}_holdout"] for name in ("source", "occlusion", "pose")}
+    row: dict[str, Any] = {"round": k, "holdouts": evaluate_holdouts(store, k, cfg, holdouts),
+                           "training_images": training_images(store, k, cfg),
+                           "training_set": store.read_round_json(k, "training_set.json", default=None)}  # fmt: skip
+    if truth and store.pseudo_labels(k).frame.shape[0]:
+        row["pseudo"] = pseudo_label_quality(store, k, truth)
+        row["pool"] = pool_quality(store, k, truth)
+        if review_value:
+            row["review_value"] = correction_curves(url, k, truth, seed=seed)
+    return row
 
 
-def run_method(
-    method: Method, base_url: str, work: Path, plan: Plan, truth: dict[str, np.ndarray], base_row: dict, log: Clock
-) -> dict[str, Any]:
-    """Copy the base store (round 0 trained and evaluated) and run R self-training rounds of ``method``."""
-    url = str(work / f"store-{method.key.replace('+', '-')}")
-    shutil.copytree(base_url, url)
-    cfg = plan.cfg.replace(schedule=method.schedule)
-    rounds = [dict(base_row, seconds={})]
-    corrected = 0
-    levels: list[dict[str, Any]] = []
+def run_self_training(work: Path, method: Method, plan: Plan, seed: int, data: dict[str, Any],
+                      truth: dict[str, np.ndarray], log: Clock) -> list[dict[str, Any]]:  # fmt: skip
+    """R rounds of ``method`` on a copy of the seed's round-0 store, through the real round flow."""
+    from flows.simulate_review import simulated_review
+    from flows.stc import stc_round
+
+    url = str(work / "methods" / method.key.replace("+", "-"))
+    if not Path(url, "store.json").exists():
+        shutil.copytree(str(work / "round0"), url)
+    cfg = plan.config(method.schedule, plan.epochs, seed, review=method.review)
+    rows = []
     for k in range(plan.rounds + 1):
-        row = rounds[k]
-        if k > 0:
-            _, row["seconds"]["train"] = timed(training.train_round, url, k, cfg, progress=False)
-            metrics, row["seconds"]["evaluate"] = timed(evaluation.evaluate_round, url, k, cfg)
-            row.update(round_row(k, metrics))
-            row["training_set"] = Store.open(url).read_round_json(k, "training_set.json")
-        n, row["seconds"]["label_pool"] = timed(label_pool, url, k, cfg)
-        quality = pseudo_label_quality(Store.open(url), k, truth)
-        row["pseudo_nme"], row["pseudo_gross"], row["pseudo_faces"] = quality["nme"], quality["gross"], n
-        levels += [{"method": method.key, "round": k, **lv} for lv in quality["levels"]]
-        if method.review and k < plan.rounds:  # the last round's review would train nothing
-            got, row["seconds"]["review"] = timed(simulate_review, url, k, cfg, truth)
-            corrected += got
-        row["corrected_total"] = corrected
-        if k < plan.rounds:
-            rounds.append({"round": k + 1, "seconds": {}})
-        spent = sum(row["seconds"].values())
-        if k > 0:
-            log(f"{method.key:<18} round {k}: holdout NME {row['nme']:.4f} FR {row['fr']:.3f} | pseudo NME "
-                f"{row['pseudo_nme']:.4f} | corrected {corrected} | {spent:.0f} s "
-                f"(train {row['seconds']['train']:.0f} s)")  # fmt: skip
-    return {
-        "title": method.title,
-        "schedule": method.schedule,
-        "review": method.review,
-        "url": url,
-        "rounds": rounds,
-        "levels": levels,
-        "final_per_face": holdout_per_face(url, plan.rounds),
-    }
+        cache = _cache(work, method.key, k)
+        if cache.exists():
+            rows.append(json.loads(cache.read_text()))
+            continue
+        store = Store.open(url)
+        round_cfg = cfg if k else cfg.replace(epochs=plan.round0_epochs, milestones=milestones_for(plan.round0_epochs))
+        store.write_round_json(k, "config.json", round_cfg.to_dict())
+        t0 = time.perf_counter()
+        stc_round(url, k, round_cfg.to_dict())
+        if method.review and k < plan.rounds and "simulated_review" not in store.completed_steps(k):
+            n = simulated_review(url, k, truth, noise=plan.reviewer_noise, seed=seed)
+            store.mark_step(k, "simulated_review", {"corrected": n})
+        row = _measure(url, k, round_cfg, data, truth, review_value=not method.review, seed=seed)
+        row["corrected"] = int(store.completed_steps(k).get("simulated_review", {}).get("corrected", 0))
+        row["seconds"] = time.perf_counter() - t0
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(row, default=float))
+        rows.append(row)
+        h = row["holdouts"]
+        log(f"seed {seed} {method.key:<18} round {k}: NME source {h['source']['nme']:.4f} occlusion "
+            f"{h['occlusion']['nme']:.4f} pose {h['pose']['nme']:.4f} | pseudo NME "
+            f"{row.get('pseudo', {}).get('nme', float('nan')):.4f} | {row['seconds']:.0f} s")  # fmt: skip
+    return rows
 
 
-def run_label_control(ingested_url: str, method_url: str, work: Path, plan: Plan, key: str) -> dict[str, Any]:
-    """Supervised on the labeled faces plus every face a review method had corrected, as long as the long baseline.
+def _supervised(work: Path, ingested: str, key: str, plan: Plan, seed: int, epochs: int, data: dict[str, Any],
+                extra_from: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """One supervised training on the labeled faces (plus, for the control, the corrected faces of a run)."""
+    from flows.evaluation import evaluate_round
+    from flows.training import train_round
 
-    It tells what the reviewed faces are worth as plain labels, apart from the self-training around them.
-    The control holds every correction from its first epoch, while the method got them round by round, so
-    if anything the control is favoured.
-    """
-    url = str(work / f"store-supervised-{key.replace('+', '-')}")
-    shutil.copytree(ingested_url, url)
-    corrected = Store.open(method_url).labels(source="corrected")
-    # A plain list: an arrow-backed pandas "str" column taken from a label view crashes add_labels (see the report).
-    ids = [str(v) for v in corrected.frame["sample_id"]]
-    rows = pd.DataFrame({"sample_id": ids, "source": "corrected", "round": 0, "annotator": "simulated-reviewer"})
-    Store.open(url).add_labels(rows, corrected.landmarks)
-    training.train_round(url, 0, plan.long_cfg, progress=False)
-    metrics = evaluation.evaluate_round(url, 0, plan.long_cfg)
-    return {
-        **round_row(0, metrics),
-        "epochs": plan.long_cfg.train.epochs,
-        "faces_added": len(rows),
-        "per_face": holdout_per_face(url, 0),
-    }
+    cache = _cache(work, key, plan.rounds)
+    if cache.exists():
+        return json.loads(cache.read_text())
+    url = str(work / "methods" / key)
+    shutil.rmtree(url, ignore_errors=True)
+    shutil.copytree(ingested, url)
+    store = Store.open(url)
+    added = 0
+    if extra_from is not None:
+        corrected = Store.open(extra_from).labels(source="corrected")
+        ids = [str(s) for s in corrected.frame["sample_id"]]
+        rows = pd.DataFrame({"sample_id": ids, "source": "corrected", "round": 0, "annotator": "simulated-reviewer"})
+        store.add_labels(rows, corrected.landmarks)
+        added = len(ids)
+    cfg = plan.config(DEFAULT_SCHEDULE, epochs, seed)
+    store.write_round_json(0, "config.json", cfg.to_dict())
+    train_round(url, 0, cfg, progress=False)
+    evaluate_round(url, 0, cfg)
+    row = _measure(url, 0, cfg, data, {}, review_value=False, seed=seed)
+    row.update({"round": plan.rounds, "epochs": epochs, "faces_added": added})
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(row, default=float))
+    return row
 
 
-def run(plan: Plan, work: Path, out: Path, command: str) -> dict[str, Any]:
-    import torch
+def _epochs_for(images: int, faces: int, batch: int) -> int:
+    return max(1, int(round(images / max((faces // batch) * batch, 1))))
 
-    from flows.demo import make_demo_data
 
-    torch.set_num_threads(THREADS)
-    log = Clock()
-    log(f"{plan.mode} run: labeled {plan.labeled} studio faces, holdout {plan.holdout} + pool {plan.pool} wild faces, "
-        f"{plan.rounds} self-training rounds x {plan.cfg.train.epochs} epochs; work dir {work}")  # fmt: skip
-    images = work / "images"
-    paths, t_data = timed(make_demo_data, images, (plan.labeled, plan.holdout, plan.pool), plan.seed)
-    base_url, long_url = str(work / "store-base"), str(work / "store-supervised-long")
-    ingested_url = str(work / "store-ingested")
-    ingest(ingested_url, paths, images)
-    for url in (base_url, long_url):  # before any training: every store starts from the same faces
-        shutil.copytree(ingested_url, url)
-    truth = pool_truth(Store.open(base_url), paths["pool_truth"])
-    log(f"data {t_data:.0f} s; {len(truth)} pool faces with truth")
-
-    timings: dict[str, float] = {"data": t_data}
-    _, timings["round0_train"] = timed(training.train_round, base_url, 0, plan.cfg, progress=False)
-    metrics0, timings["round0_evaluate"] = timed(evaluation.evaluate_round, base_url, 0, plan.cfg)
-    base_row = round_row(0, metrics0)
-    log(f"round 0 (supervised, {plan.cfg.train.epochs} epochs): holdout NME {metrics0['nme']:.4f} "
-        f"FR {metrics0['fr@0.1']:.3f} ({timings['round0_train']:.0f} s training)")  # fmt: skip
-
-    _, timings["long_train"] = timed(training.train_round, long_url, 0, plan.long_cfg, progress=False)
-    metrics_long = evaluation.evaluate_round(long_url, 0, plan.long_cfg)
-    log(f"supervised, {plan.long_cfg.train.epochs} epochs: holdout NME {metrics_long['nme']:.4f} "
-        f"FR {metrics_long['fr@0.1']:.3f} ({timings['long_train']:.0f} s training)")  # fmt: skip
-
-    methods: dict[str, Any] = {}
-    for method in METHODS:
-        t = time.perf_counter()
-        methods[method.key] = run_method(method, base_url, work, plan, truth, base_row, log)
-        timings[f"method:{method.key}"] = time.perf_counter() - t
-
-    controls: dict[str, Any] = {}
-    for method in (m for m in METHODS if m.review):
-        t = time.perf_counter()
-        controls[method.key] = run_label_control(ingested_url, methods[method.key]["url"], work, plan, method.key)
-        timings[f"control:{method.key}"] = time.perf_counter() - t
-        log(f"supervised, {plan.long_cfg.train.epochs} epochs, + the {controls[method.key]['faces_added']} faces "
-            "corrected "
-            f"in {method.key}: holdout NME {controls[method.key]['nme']:.4f}")  # fmt: skip
-
-    log("analysing confidence (holdout) and review value (pool)")
-    analysed = {"round 0": (base_url, 0)} | {f"{m.key}, round {plan.rounds}": (methods[m.key]["url"], plan.rounds)
-                                            for m in METHODS}  # fmt: skip
-    confidence, review_value = {}, {}
-    t = time.perf_counter()
-    for name, (url, k) in analysed.items():  # the schedule plays no part in prediction
-        confidence[name] = analyse_confidence(Store.open(url), k, plan.cfg)
-        review_value[name] = analyse_review_value(Store.open(url), k, plan.cfg, truth)
-    timings["analysis"] = time.perf_counter() - t
-    timings["total"] = log.elapsed()
-    timings["cpu_share"] = cpu_seconds() / (timings["total"] * THREADS)  # well below 1: other jobs shared the cores
-
-    results = {
-        "command": command,
-        "mode": plan.mode,
-        "finished": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"),
-        "sizes": {"labeled": plan.labeled, "holdout": plan.holdout, "pool": plan.pool},
-        "rounds": plan.rounds,
-        "seed": plan.seed,
-        "threads": THREADS,
-        "config": plan.cfg.to_dict(),
-        "long_epochs": plan.long_cfg.train.epochs,
-        "long_milestones": list(plan.long_cfg.train.milestones),
-        "baselines": {
-            "supervised": {**base_row, "epochs": plan.cfg.train.epochs, "per_face": holdout_per_face(base_url, 0)},
-            "supervised-long": {
-                **round_row(0, metrics_long),
-                "epochs": plan.long_cfg.train.epochs,
-                "per_face": holdout_per_face(long_url, 0),
-            },
-        },  # fmt: skip
-        "methods": {k: {kk: vv for kk, vv in v.items() if kk != "url"} for k, v in methods.items()},
-        "controls": controls,
-        "confidence": confidence,
-        "review_value": review_value,
-        "timings": timings,
-    }
-    write_report(results, out)
-    log(f"done: {out / 'stc.md'}")
-    return results
+def run_seed(work: Path, plan: Plan, seed: int, log: Clock) -> dict[str, Any]:
+    sizes = plan.sizes
+    data = make_data(work.parent / "faces", plan.severity, seed, sizes)
+    ingested = ingest(work, data, seed)
+    train_round0(work, ingested, plan, seed, log)
+    truth = pool_truth(Store.open(ingested), data["pool"]["paths"], data["pool"]["landmarks"])
+    batch = plan.config(DEFAULT_SCHEDULE, 1, seed).train.batch_size
+    runs: dict[str, Any] = {}
+    for method in plan.methods:
+        if method.seeds == "first" and seed != plan.seeds[0]:
+            continue
+        if method.kind == "self":
+            try:
+                plan.config(method.schedule, 1, seed).policy()
+            except ValueError as e:
+                log(f"seed {seed}: {method.key} skipped: {e}")
+                continue
+            runs[method.key] = {"rounds": run_self_training(work, method, plan, seed, data, truth, log)}
+            continue
+        ref = "confidence+review" if method.kind == "control" else DEFAULT_SCHEDULE
+        if ref not in runs:
+            log(f"seed {seed}: {method.key} skipped: {ref} did not run")
+            continue
+        images = sum(r["training_images"] for r in runs[ref]["rounds"])
+        if method.kind == "epochs":
+            epochs = plan.round0_epochs + plan.rounds * plan.epochs
+        else:
+            corrected = sum(r.get("corrected", 0) for r in runs[ref]["rounds"]) if method.kind == "control" else 0
+            epochs = _epochs_for(images, sizes["labeled"] + corrected, batch)
+        extra = str(work / "methods" / "confidence-review") if method.kind == "control" else None
+        row = _supervised(work, ingested, method.key, plan, seed, epochs, data, extra_from=extra)
+        runs[method.key] = {"rounds": [row], "epochs": epochs, "images_matched": images}
+        h = row["holdouts"]
+        log(f"seed {seed} {method.key:<18} ({epochs} epochs): NME source {h['source']['nme']:.4f} "
+            f"occlusion {h['occlusion']['nme']:.4f} pose {h['pose']['nme']:.4f}")  # fmt: skip
+    return runs
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="CI smoke test: tiny sizes, a few minutes")
-    parser.add_argument("--out", type=Path, default=None, help="where stc.md, results.json and plots go")
-    parser.add_argument("--work", type=Path, default=None, help="keep stores and images here (default: a temp dir)")
-    parser.add_argument("--seed", type=int, default=0, help="data, training and selection seed")
-    parser.add_argument("--rounds", type=int, default=None, help="self-training rounds (default 3)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs per round")
-    parser.add_argument("--sizes", default=None, help="labeled,holdout,pool face counts")
-    args = parser.parse_args(argv)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (data and initialisation)")
+    p.add_argument("--severity", default="medium", choices=["mild", "medium", "severe"])
+    p.add_argument("--labeled", type=int, default=500)
+    p.add_argument("--pool", type=int, default=1500)
+    p.add_argument("--holdout", type=int, default=200)
+    p.add_argument("--model", default="w16-128", choices=sorted(MODELS))
+    p.add_argument("--round0-epochs", type=int, default=120)
+    p.add_argument("--epochs", type=int, default=30, help="epochs of each self-training round")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--work", type=Path, default=None, help="work folder (default: bench/out/stc[-quick])")
+    p.add_argument("--out", type=Path, default=None, help="report folder (default: bench/results[/quick])")
+    args = p.parse_args(argv)
     plan = make_plan(args)
-    out = args.out or (ROOT / "bench" / "results" / ("quick" if args.quick else ""))
+    work = args.work or ROOT / "bench" / "out" / ("stc-quick" if args.quick else f"stc-{args.severity}")
+    out = args.out or ROOT / "bench" / "results" / ("quick" if args.quick else "")
+    work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    command = "python bench/bench_stc.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    warnings.filterwarnings("ignore", category=UserWarning)  # torch/onnx export chatter, not results
-    if args.work:
-        shutil.rmtree(args.work, ignore_errors=True)
-        args.work.mkdir(parents=True)
-        run(plan, args.work, out, command.strip())
-    else:
-        with tempfile.TemporaryDirectory(prefix="pipstc-bench-stc-") as tmp:
-            run(plan, Path(tmp), out, command.strip())
+    log = Clock(work / "progress.log")
+    log(f"plan: {plan}")
+    results = {"plan": {"seeds": list(plan.seeds), "severity": plan.severity, "sizes": plan.sizes, "model": plan.model,
+                        "round0_epochs": plan.round0_epochs, "epochs": plan.epochs, "rounds": plan.rounds,
+                        "review_budget": plan.review_budget, "reviewer_noise": plan.reviewer_noise,
+                        "default": DEFAULT_SCHEDULE, "quick": plan.quick,
+                        "command": "python bench/bench_stc.py " + " ".join(argv or sys.argv[1:])},
+               "methods": {m.key: m.title for m in plan.methods}, "runs": {}}  # fmt: skip
+    for seed in plan.seeds:
+        for key, run in run_seed(work / f"s{seed}", plan, seed, log).items():
+            results["runs"].setdefault(key, {})[str(seed)] = run
+    from _stc_report import write_report
+
+    write_report(results, out)
+    log(f"report written to {out / 'stc.md'}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
