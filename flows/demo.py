@@ -1,8 +1,9 @@
 """``pipstc demo``: the whole loop on synthetic faces, in minutes, on embedded defaults.
 
-A small labeled set in the ``studio`` domain, a pool and a holdout in the shifted ``wild`` domain
-(the paper's cross-domain setting, docs/architecture.md section 6); round 0 and STC rounds on Prefect's
-temporary local server (or PREFECT_API_URL when set); the least confident faces pushed to Label
+The benchmark's cross-domain regime (synthetic_faces.regimes, ``medium``): a small labeled set in the
+source domain, a holdout from the two target domains (occlusion, pose) and a broad pool found by the
+embedded detector (the paper's cross-domain setting, docs/architecture.md section 6); round 0 and STC
+rounds on Prefect's temporary local server (or PREFECT_API_URL when set); the least confident faces pushed to Label
 Studio when PIPSTC_LABEL_STUDIO_URL/TOKEN are set, otherwise written as a Label Studio import file;
 a report at the end. Rerunning resumes where it stopped; ``--fresh`` starts over.
 """
@@ -28,9 +29,15 @@ def _simulated_detector_boxes(landmarks: np.ndarray, rng: np.random.Generator) -
 
 
 def make_demo_data(images: Path, sizes: tuple[int, int, int], seed: int = 0) -> dict[str, Path]:
-    """Write labeled (studio), holdout (wild) and pool (wild) faces; pool truth kept aside for benchmarks."""
+    """Write the regime's faces: labeled (source), holdout (half occlusion, half pose target), pool (broad).
+
+    The regime is synthetic_faces.regimes' ``medium`` one, the benchmark's (bench/RESULTS.md). The pool's
+    truth is kept aside in ``pool_truth/`` for benchmarks and tests; ``pool_boxes.csv`` holds
+    detector-like boxes for runs that skip the detector.
+    """
     from annotations.formats.pts import read_pts
-    from synthetic_faces import DOMAINS, write_dataset
+    from synthetic_faces import write_dataset
+    from synthetic_faces.regimes import regime_domains
 
     n_labeled, n_holdout, n_pool = sizes
     paths = {name: images / name for name in ("labeled", "holdout", "pool", "pool_truth")}
@@ -38,9 +45,11 @@ def make_demo_data(images: Path, sizes: tuple[int, int, int], seed: int = 0) -> 
     if marker.exists():
         return paths
     shutil.rmtree(images, ignore_errors=True)
-    write_dataset(paths["labeled"], n_labeled, DOMAINS["studio"], seed=seed + 1)
-    write_dataset(paths["holdout"], n_holdout, DOMAINS["wild"], seed=seed + 2)
-    written = write_dataset(paths["pool"], n_pool, DOMAINS["wild"], seed=seed + 3)
+    domains = regime_domains("medium")
+    write_dataset(paths["labeled"], n_labeled, domains["source"], seed=seed + 1)
+    write_dataset(paths["holdout"], n_holdout // 2, domains["occlusion"], seed=seed + 2)
+    write_dataset(paths["holdout"], n_holdout - n_holdout // 2, domains["pose"], seed=seed + 3)
+    written = write_dataset(paths["pool"], n_pool, domains["pool"], seed=seed + 4)
     paths["pool_truth"].mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     rows = []
@@ -73,8 +82,8 @@ def run_demo(store: str = "demo-store", rounds: int = 2, schedule: str = "confid
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(images, ignore_errors=True)
     sizes = (40, 20, 40) if quick else (300, 150, 600)
-    print(f"[demo] synthesising faces into {images} (labeled studio {sizes[0]}, wild holdout {sizes[1]}, "
-          f"wild pool {sizes[2]})")  # fmt: skip
+    print(f"[demo] synthesising faces into {images} (labeled source {sizes[0]}, holdout from the occlusion and "
+          f"pose targets {sizes[1]}, pool {sizes[2]})")  # fmt: skip
     paths = make_demo_data(images, sizes)
     if not (root / "store.json").exists():
         Store.create(str(root), get_scheme("300w"))
