@@ -167,7 +167,7 @@ class PIPNet(nn.Module):
             _init_conv(head)
         self.aux_heads = bool(aux_heads)
         if self.aux_heads:
-            # The same five 1x1 convolutions, initialised as the official heads (spec 3.4).
+            # The same five 1x1 convolutions, initialised as the official heads (docs/algorithm.md section 2.4).
             for name, out in zip(AUX_HEADS, (1, 1, 1, num_nb, num_nb), strict=True):
                 setattr(self, name, nn.Conv2d(channels, out * num_landmarks, kernel_size=1))
                 _init_conv(getattr(self, name))
