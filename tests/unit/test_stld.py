@@ -324,3 +324,15 @@ def test_sample_tasks_travel_with_the_sample_list_to_ddp_workers(tmp_path: Path)
     for name in ("head", "regress", "shrink", "weight"):
         np.testing.assert_array_equal(getattr(back.tasks, name), getattr(tasks, name))
     assert back.uses_aux_heads() and back.levels == ["std", "cls3", "cls2"]
+
+
+def test_a_checkpoint_from_before_aux_heads_existed_still_resumes(tmp_path: Path) -> None:
+    paths, boxes, lm = draw_faces(tmp_path, count=2, size=64)
+    cfg = TrainConfig(epochs=2, batch_size=2, input_size=64, net_stride=16, base_width=8, num_workers=0, augment=None)
+    ds = FaceDataset(paths, boxes, lm, input_size=64)
+    path = train(dataclasses.replace(cfg, epochs=1), ds, SCHEME, tmp_path / "old.pt", progress=False)
+    old = torch.load(path, weights_only=True)
+    del old["config"]["aux_heads"]  # as written before the field existed
+    torch.save(old, path)
+    train(cfg, ds, SCHEME, path, progress=False)  # resumes: a missing field counts as its default
+    assert read_checkpoint_meta(path).epoch == 2
