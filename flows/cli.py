@@ -16,6 +16,8 @@ from typing import Any
 
 __all__ = ["main"]
 
+SCHEDULES = ["paper", "confidence", "plain", "stld"]  # pipnet_core.curriculum.create_policy
+
 EPILOG = """\
 typical session:
   pipstc init ./store --scheme 300w                   new store for 68-point faces
@@ -23,6 +25,7 @@ typical session:
   pipstc import ./store ./holdout --format pts --split holdout
   pipstc pool add ./store ./unlabeled_images          faces nobody labeled, found by the embedded detector
   pipstc run ./store --rounds 5 --schedule paper      round 0 + five STC rounds
+  pipstc run ./store --schedule stld                  round 0 + STLD's rounds (pretraining, shrink regression)
   pipstc review pull ./store                          bring reviewers' corrections in
   pipstc report ./store                               print the latest round report
   pipstc demo                                         everything above on synthetic faces
@@ -92,7 +95,9 @@ def cmd_round(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.stc import stc
 
-    stc(args.store, rounds=args.rounds, schedule=args.schedule or "paper", config=_config(args), start_round=args.start)
+    config = _config(args)
+    schedule = args.schedule or (config or {}).get("schedule", "paper")  # a --config file may name it
+    stc(args.store, rounds=args.rounds, schedule=schedule, config=config, start_round=args.start)
     return cmd_report(argparse.Namespace(store=args.store, round=None))
 
 
@@ -227,9 +232,10 @@ def _add_round_commands(sub: Any) -> None:
         if name == "round":
             s.add_argument("round", type=int)
         else:
-            s.add_argument("--rounds", type=int, default=5, help="self-training rounds after round 0")
+            s.add_argument("--rounds", type=int, help="self-training rounds after round 0 (default: the schedule's "
+                           "own: 5 for paper, confidence and plain, 3 for stld, 4 with stld_schedule 'full')")
             s.add_argument("--start", type=int, default=0, help="first round to run (earlier ones are kept)")
-        s.add_argument("--schedule", choices=["paper", "confidence", "plain"])
+        s.add_argument("--schedule", choices=SCHEDULES)
         s.add_argument("--epochs", type=int)
         s.add_argument("--review-budget", type=float, help="share of the pool sent to review per round")
         s.add_argument("--dask-address", help="label the pool on an existing Dask scheduler")
@@ -293,7 +299,7 @@ def _add_model_commands(sub: Any) -> None:
     s = sub.add_parser("demo", help="synthetic faces, round 0 + STC rounds, review step, report")
     s.add_argument("--store", default="demo-store", help="where the demo store and images go")
     s.add_argument("--rounds", type=int, default=2)
-    s.add_argument("--schedule", default="confidence", choices=["paper", "confidence", "plain"])
+    s.add_argument("--schedule", default="confidence", choices=SCHEDULES)
     s.add_argument("--fresh", action="store_true", help="delete an existing demo store first")
     s.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test, about a minute)")
     s.set_defaults(fn=cmd_demo)

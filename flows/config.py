@@ -43,11 +43,17 @@ class STCConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     crop_scale: float = 1.3  # GSSL 300W crop: landmark box x1.3 (docs/algorithm.md section 3.3)
     # --- the curriculum (pipnet_core.curriculum)
-    schedule: str = "paper"  # paper | confidence | plain
-    warm_start: bool | None = None  # None: the schedule's own choice (paper: from scratch)
+    schedule: str = "paper"  # paper | confidence | plain | stld
+    warm_start: bool | None = None  # None: the schedule's own choice (paper: from scratch); STLD has its own lineage
     std_below: float = 0.05  # confidence schedule thresholds, predicted NME
     cls2_below: float = 0.10
     cls3_below: float = 0.15
+    # STLD (pipnet_core.curriculum.STLDSchedule). "cpu": three rounds sized for a 2-core machine (adapted:
+    # pretraining + fine-tuning; shrink p 2.4 at weight 0.1 on the second head set; fine targets p 1, weight 1
+    # on the main heads); "full": the release's four rounds (p 2.4 w 0.1, p 1.6 w 1, p 1 w 1). Its pretraining
+    # updates are E // 5 epochs as released, but at least 2 (adapted: E // 5 of a small E is 0 or 1).
+    stld_schedule: str = "cpu"
+    stld_oversample: int = 100  # os_num of the release's ResNet-18 configs: people's labels repeated up to it
     # --- pool labeling
     shard_size: int = 256  # faces per shard task
     max_workers: int = 2  # bounded thread runner: Prefect's default one is unbounded
@@ -103,6 +109,8 @@ class STCConfig:
             return create_policy(
                 "confidence", std_below=self.std_below, cls2_below=self.cls2_below, cls3_below=self.cls3_below
             )
+        if self.schedule == "stld":
+            return create_policy("stld", schedule=self.stld_schedule, oversample=self.stld_oversample)
         return create_policy(self.schedule)
 
     def warm_starts(self) -> bool:

@@ -119,7 +119,10 @@ def predict_holdout(store: Store, k: int, cfg: STCConfig) -> HoldoutPrediction:
         raise RuntimeError(f"{store.url} has no holdout faces with human labels: evaluation needs some")
     samples = store.samples().set_index("sample_id").loc[hold.frame["sample_id"]].reset_index()
     boxes = inference_crop_boxes(samples, round_mapping(store, k), cfg.crop_scale)
-    pred = predictor(store, k, cfg).predict(samples["image_uri"].tolist(), boxes, batch_size=32, flip_tta=cfg.flip_tta)
+    # measured as the pool is labeled (flip-averaged or plain, as the policy labels), so the calibrated
+    # confidence predicts the error of the labels themselves
+    pred = predictor(store, k, cfg).predict(samples["image_uri"].tolist(), boxes, batch_size=32, flip_tta=cfg.flip_tta,
+                                            average_flip=cfg.policy().average_flip)  # fmt: skip
     ok = np.ones(len(samples), dtype=bool)
     for idx, _reason in pred.failed:
         ok[idx] = False

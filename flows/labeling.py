@@ -35,8 +35,10 @@ def label_shard(store_url: str, k: int, shard: str, cfg_json: str) -> dict[str, 
     conf = store.read_round_json(k, "confidence.json", default=None)
     model = ConfidenceModel.from_dict(conf) if conf else None
     boxes = inference_crop_boxes(samples, round_mapping(store, k), cfg.crop_scale)
+    policy = cfg.policy()
+    # every pool face, the main heads' prediction; whether the flip view joins the label is the policy's call
     pred = predictor(store, k, cfg, confidence=model).predict(
-        samples["image_uri"].tolist(), boxes, batch_size=32, flip_tta=cfg.flip_tta
+        samples["image_uri"].tolist(), boxes, batch_size=32, flip_tta=cfg.flip_tta, average_flip=policy.average_flip
     )
     ok = np.ones(len(samples), dtype=bool)
     rejects = []
@@ -52,7 +54,7 @@ def label_shard(store_url: str, k: int, shard: str, cfg_json: str) -> dict[str, 
             "round": k,
             "face_confidence": pred.face_confidence[ok].astype(np.float32),
             "predicted_nme": pred.predicted_nme[ok].astype(np.float32),
-            "level": cfg.policy().levels(k + 1, pred.predicted_nme[ok]),
+            "level": policy.levels(k + 1, pred.predicted_nme[ok]),
             "model_version": model_version(k),
         }
     )

@@ -1,4 +1,4 @@
-"""The round report: metrics per round, CED curve, confidence vs error, the worst holdout faces.
+"""The round report: metrics per round, what each round trained, CED curve, confidence vs error, the worst faces.
 
 Written into the store's round folder (``report.md`` + PNGs) and returned as markdown for the
 Prefect artifact. Matplotlib with the Agg backend: no display needed.
@@ -15,7 +15,7 @@ import numpy as np
 from annotations.store import Store
 from pipnet_core.metrics import ced
 
-__all__ = ["metrics_rows", "write_report"]
+__all__ = ["metrics_rows", "trained_lines", "write_report"]
 
 
 def _png(fig: Any) -> bytes:
@@ -50,6 +50,17 @@ def metrics_rows(store: Store) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def trained_lines(store: Store) -> list[str]:
+    """One line per trained round naming its stages, e.g. ``round 2: pretrain 12 epochs: 600 pseudo (std);
+    fine-tune 60 epochs: 300 human (std), 600 pseudo (aux cls3, p 2.4, w 0.1)``."""
+    lines = []
+    for k in store.rounds():
+        info = store.read_round_json(k, "training_set.json", default=None) or {}
+        if info.get("trained"):
+            lines.append(f"round {k}: {info['trained']}")
+    return lines
 
 
 def _markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -92,6 +103,10 @@ def write_report(store_url: str, k: int, worst: int = 12) -> str:
     md = [f"# pipstc report — round {k}\n", f"Store: `{store.url}` · scheme `{store.scheme.name}`\n"]
     md.append("## Holdout metrics per round\n")
     md.append(_markdown_table(rows))
+    trained = trained_lines(store)
+    if trained:
+        md.append("\n## What each round trained\n")
+        md.append("\n".join(f"- {line}" for line in trained) + "\n")
     m = store.read_round_json(k, "metrics.json", default=None)
     if m:
         md.append(f"\nNME per region (round {k}): ")

@@ -110,11 +110,12 @@ def stc_round(store: str, round: int, config: dict[str, Any] | None = None) -> d
 
 
 @flow(name="stc", log_prints=True)
-def stc(store: str, rounds: int = 5, schedule: str = "paper", config: dict[str, Any] | None = None,
+def stc(store: str, rounds: int | None = None, schedule: str = "paper", config: dict[str, Any] | None = None,
         start_round: int = 0) -> list[dict[str, Any]]:  # fmt: skip
-    """Round 0 (supervised), then ``rounds`` self-training rounds of the chosen schedule."""
+    """Round 0 (supervised), then ``rounds`` self-training rounds of the chosen schedule (None: its own number)."""
     cfg = (STCConfig.from_dict(config) if config else STCConfig()).replace(schedule=schedule)
-    return [stc_round(store, k, cfg.to_dict()) for k in range(start_round, rounds + 1)]
+    last = cfg.policy().rounds if rounds is None else rounds
+    return [stc_round(store, k, cfg.to_dict()) for k in range(start_round, last + 1)]
 
 
 @flow(name="stc-next-round", log_prints=True)

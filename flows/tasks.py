@@ -54,13 +54,12 @@ def pull_reviews(store_url: str, k: int) -> dict[str, Any]:
     return recorded(store_url, k, "sync_reviews", pull_corrections, store_url)
 
 
-def _train(store_url: str, k: int, cfg: STCConfig) -> dict[str, str]:
-    return {"checkpoint": training.train_round(store_url, k, cfg)}
-
-
 @task(name="train")
 def train(store_url: str, k: int, cfg_json: str) -> str:
-    return str(recorded(store_url, k, "train", _train, store_url, k, _cfg(cfg_json))["checkpoint"])
+    result = recorded(store_url, k, "train", training.train_round, store_url, k, _cfg(cfg_json))
+    if result.get("trained"):
+        get_run_logger().info("round %d trained: %s", k, result["trained"])
+    return str(result["checkpoint"])
 
 
 @task(name="evaluate")

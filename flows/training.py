@@ -1,46 +1,157 @@
-"""The train step of a round: the store's training set into a dataset, trained into the round folder."""
+"""The train step of a round: the store's training set, trained stage by stage into the round folder.
+
+The round's curriculum policy says what to train (:meth:`CurriculumPolicy.stages`): one stage for
+the paper's STC and pipstc's schedules, pretraining then fine-tuning for STLD. This module executes
+the stages in order, whatever the schedule: it picks each stage's faces and their tasks
+(:func:`pipnet_core.stages.stage_samples`), resolves where the stage's weights start, and trains
+into the stage's checkpoint in the round folder. Every stage resumes like ``model.pt`` does: a
+finished stage is not trained again, an interrupted one continues from its last epoch.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from annotations.ingest.crops import fit_crop_mapping, training_crop_boxes
 from annotations.store import Store
-from annotations.store.training import training_set
-from flows.checkpoints import checkpoint_path, is_local
+from annotations.store.training import TrainingSet, training_set
+from flows.checkpoints import checkpoint_path, has_checkpoint, is_local
 from flows.config import STCConfig
+from pipnet_core.config import TrainConfig
+from pipnet_core.stages import Stage, StageSamples, describe_stage, stage_samples
 
-__all__ = ["train_round"]
+__all__ = ["stage_config", "stage_start", "train_round"]
+
+# The pretraining lineage lives in this file of every round that pretrains (STLD).
+PRETRAIN_CHECKPOINT = "pretrain.pt"
 
 
-def train_round(store_url: str, k: int, cfg: STCConfig, progress: bool = True) -> str:
-    """Train round k's model into the round folder; resumes an interrupted training of the same round."""
+def stage_start(store: Store, k: int, stage: Stage, cfg: STCConfig, previous: str | None) -> str | None:
+    """The checkpoint a stage of round k starts from, or None for fresh weights.
+
+    Args:
+        store: The store.
+        k: The round.
+        stage: The stage.
+        cfg: The round's config (its warm-start choice, for ``round`` starts).
+        previous: The checkpoint the previous stage of this round wrote (None if there was none).
+
+    Raises:
+        FileNotFoundError: a ``pretrain`` start without round k-1's pretraining checkpoint.
+    """
+    if stage.start == "fresh":
+        return None
+    if stage.start == "round":
+        return checkpoint_path(store, k - 1) if (k > 0 and cfg.warm_starts()) else None
+    if stage.start == "pretrain":
+        if not has_checkpoint(store, k - 1, PRETRAIN_CHECKPOINT):
+            raise FileNotFoundError(
+                f"round {k} stage {stage.name!r} continues round {k - 1}'s pretraining, but "
+                f"{store.round_path(k - 1)}/{PRETRAIN_CHECKPOINT} does not exist; rerun round {k - 1}"
+            )
+        return checkpoint_path(store, k - 1, PRETRAIN_CHECKPOINT)
+    return previous
+
+
+def stage_config(cfg: STCConfig, k: int, stage: Stage, init_from: str | None) -> TrainConfig:
+    """Round k's training settings for ``stage``: its epochs and milestones, its start, its head sets."""
+    base = cfg.round_train(k, init_from=init_from)
+    epochs, milestones = stage.epochs(base.epochs, base.milestones)
+    return dataclasses.replace(base, epochs=epochs, milestones=milestones, aux_heads=stage.uses_aux)
+
+
+def _stage_done(path: str, tcfg: TrainConfig) -> bool:
+    """A stage whose checkpoint already holds all its epochs with the same settings (a resumed round)."""
+    from pipnet_core.train import read_checkpoint_meta
+
+    if not os.path.isfile(path):
+        return False
+    meta = read_checkpoint_meta(path)
+    return meta.epoch >= tcfg.epochs and meta.config == tcfg
+
+
+def _train_stage(
+    store: Store, k: int, data: TrainingSet, chosen: StageSamples, tcfg: TrainConfig, cfg: STCConfig, name: str,
+    progress: bool,
+) -> str:  # fmt: skip
+    """Train one stage on the faces ``chosen`` into ``name`` in round k's folder; returns its local path."""
     from pipnet_core.data import FaceDataset
     from pipnet_core.train import train
 
+    rows = chosen.index
+    dataset = FaceDataset(
+        image_paths=[data.image_uris[i] for i in rows],
+        cache_crops=True,
+        crop_boxes=training_crop_boxes(data.landmarks[rows], cfg.crop_scale),
+        landmarks=data.landmarks[rows],
+        levels=chosen.levels,
+        input_size=tcfg.input_size,
+        flip=store.scheme.flip,
+        augment=tcfg.augment,
+        tasks=chosen.tasks,
+    )
+    out = checkpoint_path(store, k, name) if is_local(store) else os.path.join(tempfile.mkdtemp(), name)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    if not (is_local(store) and _stage_done(out, tcfg)):
+        train(tcfg, dataset, store.scheme, out, resume=True, progress=progress)
+    if not is_local(store):
+        store.write_round_file(k, name, Path(out).read_bytes())
+    return out
+
+
+def train_round(store_url: str, k: int, cfg: STCConfig, progress: bool = True) -> dict[str, Any]:
+    """Train round k's stages into the round folder; resumes an interrupted training of the same round.
+
+    Returns:
+        ``{"checkpoint": the round's model.pt, "trained": one line per stage joined by "; ",
+        "stages": [{"name", "epochs", "checkpoint", "start", "init_from", "groups"}]}``.
+
+    Raises:
+        RuntimeError: no labeled faces, or the policy's last stage does not write ``model.pt``.
+    """
     store = Store.open(store_url)
     data = training_set(store, k)
     if not len(data):
         raise RuntimeError(f"round {k}: no labeled faces to train on in {store_url}; import human labels first")
-    init_from = checkpoint_path(store, k - 1) if (k > 0 and cfg.warm_starts()) else None
-    tcfg = cfg.round_train(k, init_from=init_from)
-    dataset = FaceDataset(
-        image_paths=data.image_uris,
-        cache_crops=True,
-        crop_boxes=training_crop_boxes(data.landmarks, cfg.crop_scale),
-        landmarks=data.landmarks,
-        levels=data.levels,
-        input_size=tcfg.input_size,
-        flip=store.scheme.flip,
-        augment=tcfg.augment,
-    )
-    out = checkpoint_path(store, k) if is_local(store) else os.path.join(tempfile.mkdtemp(), "model.pt")
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    train(tcfg, dataset, store.scheme, out, resume=True, progress=progress)
-    if not is_local(store):
-        store.write_round_file(k, "model.pt", Path(out).read_bytes())
+    stages = cfg.policy().stages(k, lineage=has_checkpoint(store, k - 1, PRETRAIN_CHECKPOINT))
+    if stages[-1].checkpoint != "model.pt":
+        raise RuntimeError(f"schedule {cfg.schedule!r}: the last stage of round {k} must write model.pt")
+    previous: str | None = None
+    done: list[dict[str, Any]] = []
+    for stage in stages:
+        chosen = stage_samples(stage, data.sources, data.levels)
+        init_from = stage_start(store, k, stage, cfg, previous)
+        if not len(chosen):
+            # e.g. pretraining on an empty pool: the next stage starts where this one would have
+            done.append({"name": stage.name, "epochs": 0, "skipped": "no faces", "groups": []})
+            previous = init_from
+            continue
+        tcfg = stage_config(cfg, k, stage, init_from)
+        previous = _train_stage(store, k, data, chosen, tcfg, cfg, stage.checkpoint, progress)
+        done.append({"name": stage.name, "epochs": tcfg.epochs, "checkpoint": stage.checkpoint,
+                     "start": stage.start, "init_from": init_from, "groups": chosen.groups})  # fmt: skip
+    if previous is None or done[-1].get("skipped"):
+        raise RuntimeError(f"round {k}: the {stages[-1].name} stage of schedule {cfg.schedule!r} has no faces")
+    trained = "; ".join(_describe(d) for d in done)
     store.write_round_json(k, "boxmap.json", fit_crop_mapping(store).to_dict())
-    store.write_round_json(k, "training_set.json", {"faces": len(data), "levels": data.counts()})
-    return out
+    store.write_round_json(k, "training_set.json", {"faces": len(data), "levels": data.counts(),
+                                                    "sources": _source_counts(data), "trained": trained,
+                                                    "stages": done})  # fmt: skip
+    return {"checkpoint": str(previous), "trained": trained, "stages": done}
+
+
+def _describe(stage: dict[str, Any]) -> str:
+    if stage.get("skipped"):
+        return f"{stage['name']} skipped ({stage['skipped']})"
+    return describe_stage(stage["name"], stage["epochs"], stage["groups"])
+
+
+def _source_counts(data: TrainingSet) -> dict[str, int]:
+    kinds, counts = np.unique(np.asarray(data.sources, dtype=str), return_counts=True)
+    return {str(s): int(n) for s, n in zip(kinds, counts, strict=True)}

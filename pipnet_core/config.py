@@ -31,6 +31,7 @@ class TrainConfig:
     num_nb: int = 10  # C, neighbours per landmark, official
     backbone: str = "resnet18"  # the "lightweight" PIPNet of the paper
     base_width: int = 64  # 64 is the real ResNet; smaller only for tests and demos
+    aux_heads: bool = False  # STLD's second head set (PIPNet(aux_heads=True)); set per stage by the curriculum
     cls_weight: float = 10.0  # official score weight at S = 8 (docs/algorithm.md section 2.8)
     reg_weight: float = 1.0  # official regression weight
     weight_decay: float | None = None  # None: the official rule, 0 from pretrained weights, 5e-4 from scratch

@@ -27,7 +27,7 @@ from pipnet_core.augment import AugmentConfig, augment
 from pipnet_core.crop import crop_image, to_crop
 from pipnet_core.images import read_image
 from pipnet_core.loss import BatchTargets, targets_to_torch
-from pipnet_core.targets import LEVEL_MASKS, build_targets
+from pipnet_core.targets import LEVEL_MASKS, SampleTasks, build_targets
 
 __all__ = ["Batch", "FaceDataset", "TargetCollate"]
 
@@ -49,6 +49,8 @@ class FaceDataset(Dataset):
         cache_crops: Keep every crop in memory after its first read (per process; see
             :meth:`precache` to fill it before loader workers fork).
         seed: Base seed of the augmentation randomness.
+        tasks: Per-sample head set, regression switch, shrink exponent and weight (STLD's routing,
+            :class:`pipnet_core.targets.SampleTasks`); None: the main heads with PIPNet's loss.
 
     Raises:
         ValueError: inconsistent lengths or shapes, or an unknown level (named with its row).
@@ -65,6 +67,7 @@ class FaceDataset(Dataset):
         augment: AugmentConfig | None = None,
         cache_crops: bool = False,
         seed: int = 0,
+        tasks: SampleTasks | None = None,
     ) -> None:
         self.image_paths = [str(p) for p in image_paths]
         m = len(self.image_paths)
@@ -80,6 +83,9 @@ class FaceDataset(Dataset):
         bad = [(i, lv) for i, lv in enumerate(self.levels) if lv not in LEVEL_MASKS]
         if bad:
             raise ValueError(f"unknown curriculum level {bad[0][1]!r} at row {bad[0][0]}; use one of {LEVELS}")
+        self.tasks = SampleTasks.default(self.levels) if tasks is None else tasks
+        if len(self.tasks.head) != m:
+            raise ValueError(f"got tasks for {len(self.tasks.head)} samples for {m} images; give one per sample")
         if flip is not None and len(flip) != self.landmarks.shape[1]:
             raise ValueError(f"flip table has {len(flip)} entries for {self.landmarks.shape[1]} landmarks")
         self.input_size = int(input_size)
@@ -145,6 +151,10 @@ class FaceDataset(Dataset):
             "index": index,
         }
 
+    def uses_aux_heads(self) -> bool:
+        """Whether any sample feeds the second head set (the model then needs ``aux_heads``)."""
+        return bool(np.any(self.tasks.head != 0))
+
     def to_npz(self, path: str | Path) -> Path:
         """Write the sample list (paths, boxes, landmarks, levels) to an .npz file, e.g. for DDP workers."""
         path = Path(path)
@@ -154,6 +164,10 @@ class FaceDataset(Dataset):
             crop_boxes=self.crop_boxes,
             landmarks=self.landmarks,
             levels=np.array(self.levels, dtype=str),
+            task_head=self.tasks.head,
+            task_regress=self.tasks.regress,
+            task_shrink=self.tasks.shrink,
+            task_weight=self.tasks.weight,
         )
         return path
 
@@ -161,7 +175,11 @@ class FaceDataset(Dataset):
     def from_npz(cls, path: str | Path, **kwargs: Any) -> FaceDataset:
         """Read a sample list written by :meth:`to_npz`; ``kwargs`` as for the constructor."""
         with np.load(path, allow_pickle=False) as z:
-            return cls(z["image_paths"].tolist(), z["crop_boxes"], z["landmarks"], z["levels"].tolist(), **kwargs)
+            tasks = None
+            if "task_head" in z:
+                tasks = SampleTasks(z["task_head"], z["task_regress"], z["task_shrink"], z["task_weight"])
+            return cls(z["image_paths"].tolist(), z["crop_boxes"], z["landmarks"], z["levels"].tolist(),
+                       tasks=tasks, **kwargs)  # fmt: skip
 
 
 class Batch(NamedTuple):
@@ -186,15 +204,19 @@ class TargetCollate:
     Args:
         nb: (N, C) neighbour table (``NeighbourTable.nb``).
         grid: S, the model's score map size.
+        tasks: The dataset's per-sample tasks (looked up by each item's index); None: PIPNet's loss
+            on the main heads for every sample.
     """
 
-    def __init__(self, nb: np.ndarray, grid: int) -> None:
+    def __init__(self, nb: np.ndarray, grid: int, tasks: SampleTasks | None = None) -> None:
         self.nb = np.asarray(nb, dtype=np.int64)
         self.grid = int(grid)
+        self.tasks = tasks
 
     def __call__(self, items: list[dict[str, Any]]) -> Batch:
         landmarks = torch.stack([it["landmarks"] for it in items])
-        targets = build_targets(landmarks.numpy(), [it["level"] for it in items], self.nb, self.grid)
+        tasks = None if self.tasks is None else self.tasks.take([it["index"] for it in items])
+        targets = build_targets(landmarks.numpy(), [it["level"] for it in items], self.nb, self.grid, tasks=tasks)
         return Batch(
             images=torch.stack([it["image"] for it in items]),
             landmarks=landmarks,

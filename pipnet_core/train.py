@@ -6,7 +6,9 @@ batch 16 with ``drop_last``, loss 10 x score MSE + L1 offsets/neighbours. What p
 checkpoint after every epoch, written atomically and resumable to the same weights an uninterrupted
 run reaches, that embeds everything needed to use the model (scheme, mean face, neighbour table,
 config) and loads with ``torch.load(weights_only=True)``; warm start from an earlier checkpoint; a
-progress bar; the data-parallel variant in :mod:`pipnet_core.ddp` shares this loop.
+progress bar; the data-parallel variant in :mod:`pipnet_core.ddp` shares this loop. A dataset whose
+samples carry STLD tasks (:class:`pipnet_core.targets.SampleTasks`) trains a model with the second head
+set (``TrainConfig.aux_heads``); a warm start may add or drop that set.
 """
 
 from __future__ import annotations
@@ -145,6 +147,7 @@ def _build_model(config: TrainConfig, num_landmarks: int, imagenet: bool) -> PIP
         input_size=config.input_size,
         net_stride=config.net_stride,
         imagenet_weights=config.imagenet_weights if imagenet else None,
+        aux_heads=config.aux_heads,
     )
 
 
@@ -198,6 +201,7 @@ def _choose_meanface(config: TrainConfig, dataset: FaceDataset, scheme: Scheme) 
 
 
 def _check_resume(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    saved = {**TrainConfig().to_dict(), **saved}  # a field added since the checkpoint was written has its default
     now = config.to_dict()
     diff = sorted(k for k in set(now) | set(saved) if k not in _RESUMABLE_CHANGES and now.get(k) != saved.get(k))
     if diff:
@@ -244,7 +248,8 @@ def train(
         resume: Continue from an existing checkpoint at ``out_path`` (its config must match).
         progress: Show a tqdm progress bar.
         log: Called after each epoch (and its checkpoint) with ``{"epoch", "loss", "score", "x", "y",
-            "nb_x", "nb_y", "lr", "seconds", "images_per_s"}``.
+            "nb_x", "nb_y", "aux", "lr", "seconds", "images_per_s"}`` (``aux``: the second head set's
+            weighted loss, 0 without one).
 
     Returns:
         ``out_path``.
@@ -280,6 +285,19 @@ def _check_inputs(config: TrainConfig, dataset: FaceDataset, scheme: Scheme) -> 
         )
     if len(dataset) == 0:
         raise ValueError("the training dataset is empty")
+    if dataset.uses_aux_heads() and not config.aux_heads:
+        raise ValueError("the dataset routes samples to the second head set but config.aux_heads is False; set it")
+
+
+def _warm_weights(model: PIPNet, state: dict[str, torch.Tensor], path: str) -> None:
+    """Load ``state`` into ``model``; the second head set may be absent on either side (STLD stages)."""
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if not k.startswith("aux_") or k in own}
+    state = {**{k: v for k, v in own.items() if k.startswith("aux_")}, **state}  # a fresh aux set if the file has none
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"init_from {path} does not fit this config: {exc}") from exc
 
 
 def _start(config: TrainConfig, dataset: FaceDataset, scheme: Scheme, device: torch.device) -> _Run:
@@ -297,10 +315,7 @@ def _start(config: TrainConfig, dataset: FaceDataset, scheme: Scheme, device: to
         )
     model = _build_model(config, scheme.num_landmarks, imagenet=init is None)
     if init is not None:
-        try:
-            model.load_state_dict(init["model"], strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(f"init_from {config.init_from} does not fit this config: {exc}") from exc
+        _warm_weights(model, init["model"], str(config.init_from))
     model.to(device)
     if config.uses_channels_last:
         model.to(memory_format=torch.channels_last)
@@ -337,6 +352,16 @@ def _checkpoint(run: _Run, epoch: int, config: TrainConfig, scheme: Scheme) -> d
     }
 
 
+def _batch_loss(
+    run: _Run, images: torch.Tensor, targets: Any, config: TrainConfig
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss of one batch; a model with the second head set runs it too (through the DDP wrapper)."""
+    if run.model.aux_heads:
+        out, aux = run.net(images, with_aux=True)
+        return pip_loss(out, targets, config.cls_weight, config.reg_weight, aux=aux)
+    return pip_loss(run.net(images), targets, config.cls_weight, config.reg_weight)
+
+
 def _train_epoch(
     run: _Run, loader: DataLoader, config: TrainConfig, device: torch.device, bar: Any
 ) -> tuple[dict[str, float], int]:
@@ -347,7 +372,7 @@ def _train_epoch(
     for batch in loader:
         images = normalise_batch(batch.images, channels_last=config.uses_channels_last, device=device)
         targets = batch.targets.to(device, non_blocking=True)
-        loss, parts = pip_loss(run.net(images), targets, config.cls_weight, config.reg_weight)
+        loss, parts = _batch_loss(run, images, targets, config)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         run.optimizer.step()
@@ -395,7 +420,7 @@ def _fit(
         )
     else:
         sampler = _EpochSampler(len(train_set), config.seed)
-    collate = TargetCollate(run.table.nb, config.grid)
+    collate = TargetCollate(run.table.nb, config.grid, train_set.tasks)
     remaining = max(config.epochs - run.start, 0) * (per_rank // batch_size)
     bar = tqdm(total=remaining, disable=not progress or world.rank != 0, unit="step", dynamic_ncols=True)
 

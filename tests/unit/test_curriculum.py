@@ -30,5 +30,5 @@ def test_bad_thresholds_and_names_are_refused() -> None:
     with pytest.raises(ValueError, match="std_below <= cls2_below"):
         ConfidenceRouted(std_below=0.2, cls2_below=0.1)
     with pytest.raises(ValueError, match="unknown schedule"):
-        create_policy("stld")
+        create_policy("nope")
     assert set(create_policy("plain").levels(1, np.zeros(3))) == {"std"}
