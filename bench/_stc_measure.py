@@ -105,16 +105,20 @@ def pseudo_label_quality(store: Store, k: int, truth: dict[str, np.ndarray]) -> 
 
 
 def training_images(store: Store, k: int, cfg: STCConfig) -> int:
-    """Images round k's training stepped over: faces per epoch (drop_last batches) x epochs, every stage counted.
+    """Images round k's training stepped over: samples per epoch (drop_last batches) x epochs, every stage counted.
 
-    A stage the round records in ``training_set.json`` under ``stages`` (a pretraining stage, say)
-    counts with its own faces and epochs; otherwise the round trained once on ``faces`` for the
-    config's epochs.
+    ``training_set.json`` lists the round's stages (STLD: pretraining, then fine-tuning) with their
+    epochs and groups (each with its ``samples``, oversampled repeats included); a round written
+    before stages existed trained once on ``faces`` for the config's epochs.
     """
     info = store.read_round_json(k, "training_set.json", default=None) or {}
     b = cfg.train.batch_size
-    stages = info.get("stages") or [{"faces": info.get("faces", 0), "epochs": cfg.train.epochs}]
-    return int(sum((int(s["faces"]) // b) * b * int(s["epochs"]) for s in stages))
+    stages = info.get("stages") or [{"epochs": cfg.train.epochs, "groups": [{"samples": info.get("faces", 0)}]}]
+    total = 0
+    for stage in stages:
+        samples = sum(int(g.get("samples", g.get("faces", 0))) for g in stage.get("groups", []))
+        total += (samples // b) * b * int(stage.get("epochs", 0))
+    return int(total)
 
 
 def holdout_frame(results: dict[str, Any]) -> pd.DataFrame:

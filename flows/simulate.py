@@ -125,11 +125,26 @@ def _measured_rate(cfg: STCConfig, num_landmarks: int, steps: int = 4) -> float:
     return steps * t.batch_size / max(seconds, 1e-9)
 
 
+def _arm_images(cfg: STCConfig, labeled: int, pool: int, rounds: int) -> int:
+    """Training images of one arm: every stage of every round, people's labels and the pool as each stage uses them."""
+    policy = cfg.policy()
+    total = 0
+    for k in range(rounds + 1):
+        for stage in policy.stages(k, lineage=k > 1):
+            faces = (max(labeled, stage.oversample) if stage.human is not None else 0)
+            faces += pool if (stage.pseudo is not None and k > 0) else 0
+            total += faces * stage.epochs(cfg.train.epochs, cfg.train.milestones)[0]
+    return total
+
+
 def estimate_cost(plan: SimulationPlan, faces: int, num_landmarks: int) -> dict[str, float]:
-    """Training images (faces x epochs x rounds, per arm) and hours at the measured rate, before anything runs."""
-    cfg = STCConfig.from_dict(plan.config)
-    rate = _measured_rate(cfg, num_landmarks)
-    images = faces * cfg.train.epochs * (plan.rounds + 1) * len(plan.arms)
+    """Training images (faces x epochs x stages x rounds, all arms) and hours at the measured rate, before it runs.
+
+    ``faces`` is the store's human-labeled train faces: ``hidden_share`` of them become the pool.
+    """
+    pool = int(round(plan.hidden_share * faces))
+    images = sum(_arm_images(plan.arm_config(arm), faces - pool, pool, plan.rounds) for arm in plan.arms)
+    rate = _measured_rate(STCConfig.from_dict(plan.config), num_landmarks)
     return {"training_images": float(images), "images_per_s": rate, "hours": images / rate / 3600.0}
 
 
