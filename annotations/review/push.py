@@ -4,12 +4,13 @@ Idempotency has two halves, because the store and the server are two databases w
 transaction:
 
 1. The store's review events: a face with any review event in this project (pushed, completed,
-   skipped, rejected) is never pushed again.
+   skipped, rejected) is not pushed again, except a face skipped in an earlier round, which may be
+   selected again (annotations/store/exclusions.py) and then gets a new task of the new round.
 2. The server itself: right before each chunk is imported, the project is asked which of the chunk's
-   sample ids it already holds (Data Manager filter ``data.sample_id in_list``). Tasks found there
-   but unknown to the store are what a crash between import and bookkeeping leaves behind; they are
-   recorded as pushed ("recovered") instead of imported twice. The server has no dedupe of its own
-   (docs/review.md section 5.3).
+   sample ids it already holds for the same round (Data Manager filter ``data.sample_id in_list``,
+   then ``data.round``). Tasks found there but unknown to the store are what a crash between import
+   and bookkeeping leaves behind; they are recorded as pushed ("recovered") instead of imported twice.
+   The server has no dedupe of its own (docs/review.md section 5.3).
 
 The store's writer lock is held from that look-up to the bookkeeping of the chunk, so two pushers
 cannot both find a face missing and both import it.
@@ -32,7 +33,7 @@ correction to the prediction the reviewer started from (:mod:`~annotations.revie
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -98,15 +99,24 @@ class PushReport:
         return d
 
 
-def existing_tasks(client: LabelStudioClient, project_id: int, sample_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Tasks of the project whose ``data.sample_id`` is one of ``sample_ids``: sample id -> task."""
+def existing_tasks(
+    client: LabelStudioClient, project_id: int, sample_ids: Sequence[str], rounds: Mapping[str, int] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Tasks of the project whose ``data.sample_id`` is one of ``sample_ids``: sample id -> task.
+
+    With ``rounds`` (sample id -> round), only a task of that round counts: a face skipped in an
+    earlier round and selected again has its old task there, which is not the one being pushed.
+    """
     found: dict[str, dict[str, Any]] = {}
     ids = list(dict.fromkeys(sample_ids))
     for i in range(0, len(ids), LOOKUP_BATCH):
         batch = ids[i : i + LOOKUP_BATCH]
         flt = {"filter": "filter:tasks:data.sample_id", "operator": "in_list", "type": "String", "value": batch}
         for task in client.iter_tasks(project_id, filters=[flt], include="id,data", page_size=LOOKUP_BATCH):
-            sid = (task.get("data") or {}).get("sample_id")
+            data = task.get("data") or {}
+            sid = data.get("sample_id")
+            if rounds is not None and sid is not None and str(data.get("round")) != str(rounds.get(str(sid))):
+                continue
             if sid is not None and str(sid) not in found:
                 found[str(sid)] = task
     return found
@@ -140,12 +150,23 @@ def _pending_items(store: Any, pending: list[dict[str, Any]], access: ImageAcces
     return out
 
 
-def _already_reviewed(store: Any, project_id: int) -> set[str]:
+def _already_reviewed(store: Any, project_id: int, items: Sequence[ReviewItem]) -> set[str]:
+    """Faces of ``items`` with a review event in this project, except those whose latest event there is a
+    skip in an earlier round than the item's (selected again: they get a new task)."""
     reviews = store.reviews(latest=False)
     if reviews.empty:
         return set()
-    mine = reviews["project_id"].isna() | (reviews["project_id"] == project_id)
-    return set(reviews.loc[mine, "sample_id"].astype(str))
+    mine = reviews[reviews["project_id"].isna() | (reviews["project_id"] == project_id)]
+    latest = mine.sort_values("updated_at", kind="stable").drop_duplicates("sample_id", keep="last")
+    latest = latest.set_index("sample_id")
+    out = set()
+    for it in items:
+        if it.sample_id not in latest.index:
+            continue
+        event = latest.loc[it.sample_id]
+        if not (event["status"] == "skipped" and int(event["round"]) < it.round):
+            out.add(it.sample_id)
+    return out
 
 
 def _reject_failed(store: Any, project: ReviewProject, failed: list[tuple[ReviewItem, list[str]]]) -> None:
@@ -210,7 +231,7 @@ def push_reviews(
     try:
         project = ensure_project(store, client, title=title)
         report.project_id = project.id
-        reviewed = _already_reviewed(store, project.id)
+        reviewed = _already_reviewed(store, project.id, items)
         todo = [it for it in items if it.sample_id not in reviewed]
         report.already_in_review = len(items) - len(todo)
         ready = _validated(store, project, todo, report)
@@ -243,7 +264,8 @@ def _push_chunk(
 ) -> None:
     """Import one chunk of tasks, after recovering those a crashed push already delivered."""
     with store.lock():
-        found = existing_tasks(client, project_id, [it.sample_id for it, _ in chunk])
+        rounds = {it.sample_id: it.round for it, _ in chunk}
+        found = existing_tasks(client, project_id, list(rounds), rounds)
         known = [it for it, _ in chunk if it.sample_id in found]
         if known:
             task_ids = [int(found[it.sample_id]["id"]) for it in known]

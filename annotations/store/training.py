@@ -4,6 +4,8 @@ Round 0 trains on people's labels only (``human`` and ``corrected``). Round k >=
 pseudo-labels made by round k-1's model; older pseudo-labels are replaced, not reused (the paper
 regenerates every pseudo-label with the newest model, docs/algorithm.md section 4.4). The holdout is
 never trained on, and a sample trains on one label: the current one (human > corrected > pseudo).
+A face whose latest review is a rejection ("no face", "bad image") is not trained on at all
+(:mod:`annotations.store.exclusions`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from annotations.store.exclusions import rejected_samples
 from annotations.store.store import Store
 
 __all__ = ["TrainingSet", "training_set"]
@@ -53,6 +56,7 @@ def training_set(store: Store, k: int) -> TrainingSet:
         keep = np.isin(source, ["human", "corrected"])
     else:
         keep = (source != "pseudo") | (frame["round"].to_numpy() == k - 1)
+    keep &= ~frame["sample_id"].isin(rejected_samples(store)).to_numpy()
     frame = frame[keep].reset_index(drop=True)
     landmarks = view.landmarks[keep]
     levels = np.where(frame["source"].to_numpy() == "pseudo", frame["level"].fillna("std").to_numpy(), "std")
