@@ -105,10 +105,8 @@ def cmd_review(args: argparse.Namespace) -> int:
     from flows import review_steps
 
     if args.action == "push":
-        from flows.config import STCConfig
-
-        cfg = STCConfig().replace(review_budget=args.budget) if args.budget else STCConfig()
-        out = review_steps.push_round(args.store, args.round, cfg)
+        out = review_steps.push_round(args.store, args.round, budget=args.budget)
+        print(out["message"], file=sys.stderr)
     elif args.action == "pull":
         out = review_steps.pull_corrections(args.store)
     else:
@@ -250,7 +248,9 @@ def _add_review_commands(sub: Any) -> None:
     s.add_argument("action", choices=["push", "pull", "status"])
     s.add_argument("store")
     s.add_argument("--round", type=int, default=None, help="push: the round whose pseudo-labels to send")
-    s.add_argument("--budget", type=float, help="push: share of the pool to send")
+    s.add_argument(
+        "--budget", type=float, help="push: the round's budget, a share of the pool (default: the round's config)"
+    )
     s.set_defaults(fn=cmd_review)
 
     s = sub.add_parser("labelstudio", help="Label Studio helpers")

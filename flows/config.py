@@ -17,13 +17,16 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipnet_core.augment import AugmentConfig
 from pipnet_core.config import TrainConfig
 from pipnet_core.curriculum import CurriculumPolicy, create_policy
 
 __all__ = ["STCConfig"]
+
+if TYPE_CHECKING:
+    from annotations.review.policy import ReviewPolicy
 
 _TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
 
@@ -60,9 +63,20 @@ class STCConfig:
     dask_address: str | None = None  # an existing Dask scheduler, e.g. tcp://10.0.0.5:8786
     backend: str = "onnx"  # ONNX Runtime: ~90% of the FMA peak vs ~50% for torch eager (bench/RESULTS.md)
     flip_tta: bool = True  # flip disagreement is one of the confidence signals
-    # --- review
-    review_budget: float = 0.05  # share of the pool sent to people per round
+    # --- review (annotations/review/candidates.py and audit.py)
+    review_budget: float = 0.05  # share of the pool sent to people per round, all pushes of the round together
     review_project: str = "pipstc review"
+    audit_share: float = 0.2  # share of the budget drawn at random, not by confidence: the pool's quality, unbiased
+    audit_min: int = 20  # fewest audit faces where budget and pool allow: below ~20 the interval spans +-20 points
+    audit_seed: int | None = None  # seed of the audit draw (recorded in audit.json); None: train.seed
+    audit_nme: float = 0.08  # the report estimates the share of the pool's pseudo-labels under this NME
+    reselect_skipped_after: int | None = 2  # rounds after a skip before the face may be selected again; None: never
+    # --- recalibration on reviewed pool faces (flows/calibration.py)
+    recalibrate: bool = True  # refit the confidence model on reviewed pool faces (+ the holdout's calibration part)
+    recalibrate_min_faces: int = 20  # fewer reviewed pool faces: keep the holdout's fit and the thresholds
+    thresholds_from_reviews: bool = True  # std/cls2/cls3_below from reviewed faces, into the next round's config
+    gross_nme: float = 0.10  # real NME of a gross error at level std (FR@0.1's failure); cls2 2x, cls3 3x that
+    max_gross_rate: float = 0.05  # a level's threshold admits at most this (weighted) share of gross errors
 
     @classmethod
     def demo(cls, **overrides: Any) -> STCConfig:
@@ -112,6 +126,18 @@ class STCConfig:
         if self.schedule == "stld":
             return create_policy("stld", schedule=self.stld_schedule, oversample=self.stld_oversample)
         return create_policy(self.schedule)
+
+    def review_policy(self) -> ReviewPolicy:
+        """How the round spends its review budget (:class:`annotations.review.policy.ReviewPolicy`)."""
+        from annotations.review.policy import ReviewPolicy  # the review package is heavy; configs stay light
+
+        return ReviewPolicy(
+            budget=self.review_budget,
+            audit_share=self.audit_share,
+            audit_min=self.audit_min,
+            reselect_skipped_after=self.reselect_skipped_after,
+            seed=self.train.seed if self.audit_seed is None else self.audit_seed,
+        )
 
     def warm_starts(self) -> bool:
         """Whether rounds k >= 1 start from round k-1's weights (:attr:`warm_start`, else the schedule's choice)."""

@@ -14,6 +14,7 @@ import pandas as pd
 from annotations.ingest.crops import inference_crop_boxes
 from annotations.store import Store
 from annotations.store.shards import mark_shard_done, shard_done
+from flows.calibration import round_policy
 from flows.checkpoints import model_version
 from flows.config import STCConfig
 from flows.evaluation import predictor, round_mapping
@@ -35,7 +36,7 @@ def label_shard(store_url: str, k: int, shard: str, cfg_json: str) -> dict[str, 
     conf = store.read_round_json(k, "confidence.json", default=None)
     model = ConfidenceModel.from_dict(conf) if conf else None
     boxes = inference_crop_boxes(samples, round_mapping(store, k), cfg.crop_scale)
-    policy = cfg.policy()
+    policy = round_policy(store, k, cfg)  # the round's thresholds from reviewed faces, when it chose any
     # every pool face, the main heads' prediction; whether the flip view joins the label is the policy's call
     pred = predictor(store, k, cfg, confidence=model).predict(
         samples["image_uri"].tolist(), boxes, batch_size=32, flip_tta=cfg.flip_tta, average_flip=policy.average_flip

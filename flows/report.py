@@ -1,4 +1,5 @@
-"""The round report: metrics per round, what each round trained, CED curve, confidence vs error, the worst faces.
+"""The round report: metrics per round, what each round trained, CED curve, confidence vs error, the worst faces,
+and what the reviews say (the pool's estimated quality, correction deltas, recalibration: flows/review_report.py).
 
 Written into the store's round folder (``report.md`` + PNGs) and returned as markdown for the
 Prefect artifact. Matplotlib with the Agg backend: no display needed.
@@ -13,6 +14,7 @@ import cv2
 import numpy as np
 
 from annotations.store import Store
+from flows.review_report import review_section
 from pipnet_core.metrics import ced
 
 __all__ = ["metrics_rows", "trained_lines", "write_report"]
@@ -45,7 +47,8 @@ def metrics_rows(store: Store) -> list[dict[str, Any]]:
                 if m.get("confidence_spearman") is None
                 else round(m["confidence_spearman"], 3),
                 "pseudo-labels": ", ".join(f"{lv}: {n}" for lv, n in sorted(pseudo.items())) or "-",
-                "sent to review": review.get("pushed") or review.get("written", 0),
+                "sent to review": review.get("sent") or review.get("pushed") or review.get("written", 0),
+                "review budget": review.get("budget"),
                 "corrections pulled": sync.get("corrected", 0),
             }
         )
@@ -158,6 +161,8 @@ def write_report(store_url: str, k: int, worst: int = 12) -> str:
                 store.write_round_file(k, "worst_faces.png", png.tobytes())
                 md.append("\n## Worst holdout faces (red: model, green: truth)\n\n![worst](worst_faces.png)\n")
                 md.append("NME of these faces: " + ", ".join(f"{per_face[i]:.3f}" for i in order) + "\n")
+    cfg = store.read_round_json(k, "config.json", default=None) or {}
+    md.append("\n" + review_section(store, k, float(cfg.get("audit_nme", 0.08))))
     rejects = store.rejects()
     md.append(f"\n## Rejects\n{len(rejects)} inputs could not be used")
     if len(rejects):

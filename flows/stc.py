@@ -1,10 +1,10 @@
 """Prefect flows of pipstc: one STC round, the whole STC schedule, pool labeling, review sync, ingestion.
 
-A round (docs/architecture.md section 3): sync reviews -> train -> evaluate on the holdout -> pseudo-label the
-pool -> select and push reviews -> report. Every step is recorded in the store when it completes;
-rerunning a round that died skips the completed steps and resumes after the last one. Flows are
-nouns and read as the round's story; the work is in :mod:`flows.tasks` and the plain functions
-behind it.
+A round (docs/architecture.md section 3): sync reviews -> train -> evaluate on the holdout -> calibrate the
+confidence on reviewed pool faces -> pseudo-label the pool -> select and push reviews -> report.
+Every step is recorded in the store when it completes; rerunning a round that died skips the
+completed steps and resumes after the last one. Flows are nouns and read as the round's story; the
+work is in :mod:`flows.tasks` and the plain functions behind it.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from annotations.store import Store
 from flows import tasks
+from flows.calibration import with_review_thresholds
 from flows.config import STCConfig
 
 __all__ = [
@@ -34,7 +35,7 @@ __all__ = [
     "stc_round",
 ]
 
-ROUND_STEPS = ("sync_reviews", "train", "evaluate", "label_pool", "review")
+ROUND_STEPS = ("sync_reviews", "train", "evaluate", "calibrate", "label_pool", "review")
 
 
 def resolve_config(store_url: str, k: int, config: dict[str, Any] | None) -> STCConfig:
@@ -44,6 +45,7 @@ def resolve_config(store_url: str, k: int, config: dict[str, Any] | None) -> STC
     if saved is not None:
         return STCConfig.from_dict(saved)
     cfg = STCConfig.from_dict(config) if config else STCConfig()
+    cfg = with_review_thresholds(store, k, cfg)  # the thresholds round k - 1 chose from reviewed faces
     store.write_round_json(k, "config.json", cfg.to_dict())
     return cfg
 
@@ -96,13 +98,14 @@ def _label_pool(store: str, round: int, cfg: STCConfig) -> dict[str, Any]:
 
 @flow(name="stc-round", log_prints=True)
 def stc_round(store: str, round: int, config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One STC round on ``store``: sync reviews, train, evaluate, pseudo-label, push reviews, report."""
+    """One STC round on ``store``: sync reviews, train, evaluate, calibrate, pseudo-label, push reviews, report."""
     cfg = resolve_config(store, round, config)
     cfg_json = cfg.to_json()
     sync = tasks.pull_reviews(store, round)
     tasks.train(store, round, cfg_json)
     metrics = tasks.evaluate(store, round, cfg_json)
     print(f"round {round}: holdout NME {metrics['nme']:.4f}, FR@0.1 {metrics['fr@0.1']:.3f}")
+    tasks.calibrate(store, round, cfg_json)
     pool = tasks.recorded(store, round, "label_pool", _label_pool, store, round, cfg)
     review = tasks.push_reviews(store, round, cfg_json)
     tasks.write_report(store, round)
@@ -133,10 +136,11 @@ def stc_next_round(store: str, schedule: str | None = None, config: dict[str, An
 
 @flow(name="review-sync")
 def review_sync(store: str) -> dict[str, Any]:
-    """What reviewers finished since the last sync, pulled into the store (runs every few minutes)."""
+    """What reviewers finished since the last sync, pulled into the store (runs every few minutes), and one
+    ``pipstc.review.correction`` event per new correction (prefect.yaml's trigger starts a round on them)."""
     from flows.review_steps import pull_corrections
 
-    return task(name="pull-corrections", retries=2, retry_delay_seconds=[5, 30])(pull_corrections)(store)
+    return task(name="pull-corrections", retries=2, retry_delay_seconds=[5, 30])(pull_corrections)(store, announce=True)
 
 
 @flow(name="ingestion")

@@ -20,6 +20,7 @@ from flows import evaluation, labeling, training
 from flows.config import STCConfig
 
 __all__ = [
+    "calibrate",
     "evaluate",
     "label_shard",
     "plan_shards",
@@ -65,6 +66,13 @@ def train(store_url: str, k: int, cfg_json: str) -> str:
 @task(name="evaluate")
 def evaluate(store_url: str, k: int, cfg_json: str) -> dict[str, Any]:
     return recorded(store_url, k, "evaluate", evaluation.evaluate_round, store_url, k, _cfg(cfg_json))
+
+
+@task(name="calibrate")
+def calibrate(store_url: str, k: int, cfg_json: str) -> dict[str, Any]:
+    from flows.calibration import recalibrate_round
+
+    return recorded(store_url, k, "calibrate", recalibrate_round, store_url, k, _cfg(cfg_json))
 
 
 @task(name="plan-shards")

@@ -151,24 +151,40 @@ def _design(
     return x_all, err, rows, faces
 
 
-def _signed_ridge(xs: np.ndarray, t: np.ndarray, signs: np.ndarray) -> np.ndarray:
+def _signed_ridge(xs: np.ndarray, t: np.ndarray, signs: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """Ridge weights of standardised features whose sign agrees with ``signs``.
 
     A weight of the wrong sign is dropped, one at a time (the most wrong first), and the rest refitted:
-    every signal must push the predicted error the way it is known to.
+    every signal must push the predicted error the way it is known to. ``weights`` (R,) weight each
+    row's squared residual (mean 1, so the ridge keeps its strength relative to the data).
     """
     active = np.ones(len(signs), dtype=bool)
     w = np.zeros(len(signs))
+    r = np.ones(len(t)) if weights is None else weights
+    centred = t - np.average(t, weights=r)
     for _ in range(len(signs)):
         w = np.zeros(len(signs))
         if active.any():
             a = xs[:, active]
-            w[active] = np.linalg.solve(a.T @ a + _RIDGE * np.eye(a.shape[1]), a.T @ (t - t.mean()))
+            ar = a * r[:, None]
+            w[active] = np.linalg.solve(ar.T @ a + _RIDGE * np.eye(a.shape[1]), ar.T @ centred)
         wrong = active & (w * signs < 0)
         if not wrong.any():
             break
         active[np.argmin(np.where(wrong, w * signs, np.inf))] = False
     return np.where(active, w, 0.0)
+
+
+def _face_weights(weights: np.ndarray | None, num_faces: int) -> np.ndarray:
+    """(B,) face weights, checked; ones when None."""
+    if weights is None:
+        return np.ones(num_faces)
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (num_faces,):
+        raise ValueError(f"weights must have shape (B,) = ({num_faces},), got {w.shape}")
+    if not np.isfinite(w).all() or (w < 0).any() or not (w > 0).any():
+        raise ValueError("weights must be finite, non-negative and not all zero")
+    return w
 
 
 @dataclass
@@ -284,6 +300,7 @@ class ConfidenceModel:
         features: Sequence[str] | None = None,
         landmark_threshold: float = 0.1,
         face_threshold: float = 0.1,
+        weights: np.ndarray | None = None,
     ) -> ConfidenceModel:
         """Calibrate on faces with known errors (the holdout, or corrected pseudo-labels).
 
@@ -293,18 +310,29 @@ class ConfidenceModel:
             features: Signals to use; default every known signal present.
             landmark_threshold: See the class attributes.
             face_threshold: See the class attributes.
+            weights: (B,) non-negative weight of each face, e.g. inverse inclusion probabilities of
+                reviewed pool faces, so that a sample chosen by confidence fits like the pool it came
+                from (flows/calibration.py). Every landmark of a face carries its weight, in the
+                landmark fit, the face-level rescale and the residual widths. None: all equal.
 
         Raises:
-            ValueError: shapes disagree, or fewer than 2 faces / 10 landmarks with known error.
+            ValueError: shapes disagree, weights are negative or not finite, or fewer than 2 faces /
+                10 landmarks with known error.
         """
         names = tuple(f for f in FEATURES if f in signals) if features is None else tuple(features)
         x_all, err, rows, faces = _design(signals, real_errors, names)
+        face_w = _face_weights(weights, err.shape[0])
+        faces &= face_w > 0
+        rows &= faces[:, None]
         x, t = x_all[rows], np.log(err[rows] + _EPS_ERROR)
-        mean = x.mean(axis=0)
-        scale = np.where(x.std(axis=0) > 1e-12, x.std(axis=0), 1.0)
+        r = np.broadcast_to(face_w[:, None], err.shape)[rows]
+        r = r / r.mean()
+        mean = np.average(x, axis=0, weights=r)
+        std = np.sqrt(np.average((x - mean) ** 2, axis=0, weights=r))
+        scale = np.where(std > 1e-12, std, 1.0)
         xs = (x - mean) / scale
-        w = _signed_ridge(xs, t, np.array([FEATURES[n] for n in names]))
-        intercept = float(t.mean())  # features are centred, so the bias is the mean target
+        w = _signed_ridge(xs, t, np.array([FEATURES[n] for n in names]), r)
+        intercept = float(np.average(t, weights=r))  # features are centred, so the bias is the mean target
         resid = t - intercept - xs @ w
         model = cls(
             features=names,
@@ -312,28 +340,35 @@ class ConfidenceModel:
             mean=tuple(float(v) for v in mean),
             scale=tuple(float(v) for v in scale),
             intercept=intercept,
-            landmark_sigma=float(max(resid.std(), _MIN_SIGMA)),
+            landmark_sigma=float(max(np.sqrt(np.average(resid**2, weights=r)), _MIN_SIGMA)),
             landmark_threshold=landmark_threshold,
             face_threshold=face_threshold,
             calibrated=True,
         )
-        model._fit_face_level({n: np.asarray(signals[n]) for n in names}, np.where(rows, err, np.nan), faces)
+        model._fit_face_level({n: np.asarray(signals[n]) for n in names}, np.where(rows, err, np.nan), faces, face_w)
+        if weights is not None:
+            model.stats["weighted"] = 1.0
         return model
 
-    def _fit_face_level(self, signals: dict[str, np.ndarray], err: np.ndarray, faces: np.ndarray) -> None:
-        """Calibrate the mean of predicted landmark errors against the real face NME (log-linear)."""
+    def _fit_face_level(
+        self, signals: dict[str, np.ndarray], err: np.ndarray, faces: np.ndarray, weights: np.ndarray
+    ) -> None:
+        """Calibrate the mean of predicted landmark errors against the real face NME (log-linear, weighted)."""
         sig_faces = {n: v[faces] for n, v in signals.items()}
         with np.errstate(invalid="ignore"):
             real_face = np.nanmean(err[faces], axis=1)
+        w = weights[faces] / weights[faces].mean()
         log_raw = np.log(self.predict_landmark_errors(sig_faces).mean(axis=1))
         log_real = np.log(real_face + _EPS_ERROR)
+        raw_mean, real_mean = np.average(log_raw, weights=w), np.average(log_real, weights=w)
+        raw_var = np.average((log_raw - raw_mean) ** 2, weights=w)
         b = 1.0
-        if faces.sum() >= 3 and log_raw.std() > 1e-9:
-            b = float(np.cov(log_raw, log_real, bias=True)[0, 1] / log_raw.var())
+        if faces.sum() >= 3 and raw_var > 1e-18:
+            b = float(np.average((log_raw - raw_mean) * (log_real - real_mean), weights=w) / raw_var)
             b = max(b, 0.05)  # monotone increasing: keep the ranking even when the fit is poor
-        a = float(log_real.mean() - b * log_raw.mean())
+        a = float(real_mean - b * raw_mean)
         self.rescale_a, self.rescale_b = a, b
-        self.face_sigma = float(max((log_real - a - b * log_raw).std(), _MIN_SIGMA))
+        self.face_sigma = float(max(np.sqrt(np.average((log_real - a - b * log_raw) ** 2, weights=w)), _MIN_SIGMA))
         self.stats = {
             "num_faces": float(faces.sum()),
             "num_landmarks": float(np.isfinite(err).sum()),

@@ -93,3 +93,58 @@ def test_label_pool_on_a_dask_cluster_equals_the_thread_runner(tiny_store: str, 
     ia, ib = np.argsort(a.frame["sample_id"].to_numpy()), np.argsort(b.frame["sample_id"].to_numpy())
     assert (a.frame["sample_id"].to_numpy()[ia] == b.frame["sample_id"].to_numpy()[ib]).all()
     np.testing.assert_allclose(a.landmarks[ia], b.landmarks[ib], atol=1e-4)
+
+
+def _review_with_truth(store_url: str, k: int, sample_ids: list[str], truth_dir: Path) -> None:
+    """A reviewer who answers every task with the generator's landmarks, stored as a pull stores them."""
+    import pandas as pd
+
+    from annotations.formats.pts import read_pts
+
+    store = Store.open(store_url)
+    uris = store.samples().set_index("sample_id").loc[sample_ids, "image_uri"]
+    truth = np.stack([read_pts(truth_dir / (Path(u).stem + ".pts")) for u in uris])
+    pseudo = store.pseudo_labels(k).frame.set_index("sample_id")
+    parents = pseudo.loc[sample_ids, "label_id"].astype(str).to_numpy()
+    store.add_labels(pd.DataFrame({"sample_id": sample_ids, "source": "corrected", "round": k, "annotator": "truth",
+                                   "parent_label_id": parents}), truth.astype(np.float32))  # fmt: skip
+    now, n = pd.Timestamp.now(tz="UTC"), len(sample_ids)
+    status = ["pushed"] * n + ["completed"] * n
+    store.add_reviews(pd.DataFrame({"sample_id": sample_ids * 2, "round": k, "status": status,
+                                    "updated_at": [now] * n + [now + pd.Timedelta(seconds=1)] * n}))  # fmt: skip
+
+
+def test_recalibration_on_reviewed_faces_sets_the_thresholds_the_next_round_records(
+    tiny_store: str, demo_images: dict[str, Path]
+) -> None:
+    from flows.calibration import CALIBRATION_FILE
+    from pipnet_core.curriculum import create_policy
+
+    cfg = TINY.replace(schedule="confidence", review_budget=0.5, audit_min=4, recalibrate_min_faces=6)
+    stc_round(tiny_store, 0, cfg.to_dict())
+    store = Store.open(tiny_store)
+    assert store.read_round_json(0, CALIBRATION_FILE)["recalibrated"] is False  # nobody has reviewed anything yet
+    review = store.completed_steps(0)["review"]
+    assert review["budget"] == 12 and review["audit"] == 4 and review["selected"] == 12
+    sent = [t["data"]["sample_id"] for t in json.loads(Path(review["import_file"]).read_text())]
+    _review_with_truth(tiny_store, 0, sent, demo_images["pool_truth"])
+
+    stc_round(tiny_store, 1, cfg.to_dict())
+    record = store.read_round_json(1, CALIBRATION_FILE)
+    assert record["recalibrated"] is True and record["fitted_on"]["reviewed"] == 12
+    assert record["fitted_on"]["audit"] == 4 and record["fitted_on"]["rounds"] == [0]
+    chosen = record["thresholds"]
+    defaults = {n: getattr(cfg, n) for n in chosen}
+    assert chosen != defaults
+    # Round 1's pseudo-labels were routed with them ...
+    pseudo = store.pseudo_labels(1).frame
+    policy = create_policy("confidence", **chosen)
+    assert pseudo["level"].tolist() == policy.levels(2, pseudo["predicted_nme"].to_numpy()).tolist()
+    # ... and round 2's resolved config records them.
+    from flows.stc import resolve_config
+
+    resolve_config(tiny_store, 2, cfg.to_dict())
+    recorded = store.read_round_json(2, "config.json")
+    assert {n: recorded[n] for n in chosen} == chosen
+    report = store.read_round_file(1, "report.md").decode()
+    assert "estimated share of the pool under NME 0.08" in report and "from reviews" in report

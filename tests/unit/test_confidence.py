@@ -158,3 +158,47 @@ def test_signals_from_decode_with_flip() -> None:
     assert set(signals(dec)) == {"score_peak", "vote_spread", "coarse_agreement"}
     with pytest.raises(ValueError, match="flip table"):
         signals(dec, dec_flip)
+
+
+def test_equal_weights_fit_like_no_weights_and_a_zero_weight_drops_the_face() -> None:
+    rng = np.random.default_rng(4)
+    sig, err = _synthetic(rng, faces=40)
+    plain = ConfidenceModel.fit(sig, err)
+    ones = ConfidenceModel.fit(sig, err, weights=np.full(40, 3.0))  # only relative weights matter
+    for name in ("weights", "mean", "scale"):
+        np.testing.assert_allclose(getattr(ones, name), getattr(plain, name), rtol=1e-9, atol=1e-12)
+    for name in ("intercept", "landmark_sigma", "rescale_a", "rescale_b", "face_sigma"):
+        assert getattr(ones, name) == pytest.approx(getattr(plain, name), rel=1e-9)
+    w = np.ones(40)
+    w[:5] = 0.0
+    dropped = ConfidenceModel.fit(sig, err, weights=w)
+    without = ConfidenceModel.fit({n: v[5:] for n, v in sig.items()}, err[5:])
+    np.testing.assert_allclose(dropped.weights, without.weights, rtol=1e-9, atol=1e-12)
+    assert dropped.rescale_a == pytest.approx(without.rescale_a, rel=1e-9)
+    with pytest.raises(ValueError, match="weights must"):
+        ConfidenceModel.fit(sig, err, weights=-w)
+    with pytest.raises(ValueError, match=r"shape \(B,\)"):
+        ConfidenceModel.fit(sig, err, weights=np.ones(3))
+
+
+def test_inverse_probability_weights_undo_a_sample_chosen_by_confidence() -> None:
+    """Reviewed pool faces: a random audit (p = 0.05) plus the worst faces; the worst fit differently."""
+    rng = np.random.default_rng(5)
+    sig, err = _synthetic(rng, faces=600)
+    spread = sig["vote_spread"].mean(axis=1)
+    worst = spread >= np.quantile(spread, 0.9)
+    err = err * np.where(worst, 4.0, 1.0)[:, None]  # the model's hardest faces are much worse than it shows
+    audit = rng.choice(np.flatnonzero(~worst), 30, replace=False)
+    chosen = np.concatenate([audit, np.flatnonzero(worst)])
+    weights = np.concatenate([np.full(30, 1 / 0.05), np.ones(int(worst.sum()))])
+    sample = {n: v[chosen] for n, v in sig.items()}
+    unweighted = ConfidenceModel.fit(sample, err[chosen])
+    weighted = ConfidenceModel.fit(sample, err[chosen], weights=weights)
+    assert weighted.stats["weighted"] == 1.0
+    typical = ~worst  # the faces the pool is mostly made of
+    real = err[typical].mean(axis=1)
+
+    def bias(model: ConfidenceModel) -> float:
+        return abs(float(np.median(np.log(model.predict_face_nme({n: v[typical] for n, v in sig.items()}) / real))))
+
+    assert bias(weighted) < 0.15 < bias(unweighted)
