@@ -189,7 +189,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from flows.serve import serve_store
 
-    serve_store(args.store, cron=args.cron, sync_every=args.sync_every)
+    serve_store(args.store, cron=args.cron, sync_every=args.sync_every, corrections=args.round_after or None)
     return 0
 
 
@@ -308,6 +308,10 @@ def _add_model_commands(sub: Any) -> None:
     s.add_argument("store")
     s.add_argument("--cron", default="0 2 * * *", help="when to run a round (UTC)")
     s.add_argument("--sync-every", type=int, default=300, help="seconds between review syncs")
+    s.add_argument(
+        "--round-after", type=int, default=20, metavar="N",
+        help="also start a round once N corrections arrived within a day (0: the cron only)",
+    )  # fmt: skip
     s.set_defaults(fn=cmd_serve)
 
 
