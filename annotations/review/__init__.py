@@ -5,6 +5,9 @@ Modules: :mod:`~annotations.review.config` (labeling config from a scheme),
 :mod:`~annotations.review.project` (project and image access), :mod:`~annotations.review.convert`
 (landmarks <-> result items), :mod:`~annotations.review.push`, :mod:`~annotations.review.pull`,
 :mod:`~annotations.review.status`, :mod:`~annotations.review.selection` (which faces),
+:mod:`~annotations.review.candidates` (a round's budget: audit slice first, then the least sure),
+:mod:`~annotations.review.audit` (the random audit and its estimate of the pool's quality),
+:mod:`~annotations.review.corrections` (corrections beside the pseudo-labels they fixed),
 :mod:`~annotations.review.export_file` (no server: an import file), :mod:`~tools.labelstudio_server`
 (start a local Label Studio), :mod:`~annotations.review.cli_helpers` (CLI/flow entry points).
 
