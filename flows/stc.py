@@ -108,6 +108,7 @@ def stc_round(store: str, round: int, config: dict[str, Any] | None = None) -> d
     tasks.calibrate(store, round, cfg_json)
     pool = tasks.recorded(store, round, "label_pool", _label_pool, store, round, cfg)
     review = tasks.push_reviews(store, round, cfg_json)
+    print(review.get("message", f"round {round}: review step done"))
     tasks.write_report(store, round)
     return {"round": round, "metrics": metrics, "pool": pool, "review": review, "sync": sync}
 

@@ -38,3 +38,27 @@ def test_pull_without_a_token_is_a_clear_error(tmp_path: Path, monkeypatch: pyte
     monkeypatch.delenv("PIPSTC_LABEL_STUDIO_TOKEN", raising=False)
     with pytest.raises(ReviewConfigError, match="PIPSTC_LABEL_STUDIO_TOKEN"):
         pull_corrections(store)
+
+
+def test_without_label_studio_the_round_writes_its_budget_to_an_import_file_each_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    import numpy as np
+
+    from flows.config import STCConfig
+    from flows.review_steps import push_round
+    from tests.unit.review_store import add_pseudo, make_pool_store, pool_ids
+
+    monkeypatch.delenv("PIPSTC_LABEL_STUDIO_URL", raising=False)
+    store = make_pool_store(tmp_path, n=40)
+    add_pseudo(store, 1, pool_ids(40), np.linspace(0.01, 0.3, 40))
+    cfg = STCConfig(review_budget=0.25, audit_min=3)
+    first = push_round(str(store.url), 1, cfg)
+    assert (first["budget"], first["audit"], first["selected"], first["written"]) == (10, 3, 10, 10)
+    assert first["message"].startswith("round 1: 10 of 10 written to ") and "(no Label Studio)" in first["message"]
+    tasks = json.loads(Path(first["import_file"]).read_text())
+    # Nothing is recorded as sent, so a rerun writes the same faces: the same audit slice, the same picks.
+    again = push_round(str(store.url), 1, cfg)
+    assert json.loads(Path(again["import_file"]).read_text()) == tasks and again["sent"] == 0
