@@ -45,6 +45,8 @@ def _round_config(store: Store, k: int) -> STCConfig:
 
 
 def _message(k: int, budget: int, sent: int, new: int, eligible: int, report: dict[str, Any]) -> str:
+    if budget == 0:
+        return f"round {k}: no review (review_budget is 0)"
     if "import_file" in report:
         return f"round {k}: {report.get('tasks', 0)} of {budget} written to {report['import_file']} (no Label Studio)"
     text = f"round {k}: {sent} of {budget} sent"

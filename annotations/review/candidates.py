@@ -62,7 +62,9 @@ class ReviewPlan:
 
 
 def review_budget(store: Store, share: float) -> int:
-    """Faces per round for a budget of ``share`` of the pool (at least one)."""
+    """Faces per round for a budget of ``share`` of the pool (at least one; none for a share of 0)."""
+    if share <= 0:
+        return 0
     return max(1, int(round(share * len(store.samples(split="pool")))))
 
 

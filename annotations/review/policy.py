@@ -12,7 +12,7 @@ class ReviewPolicy:
     """How a round spends its review budget (flows/config.py ``STCConfig.review_policy()`` builds one).
 
     Attributes:
-        budget: Share of the pool sent to people per round (at least one face).
+        budget: Share of the pool sent to people per round (at least one face; 0: none).
         audit_share: Share of the budget drawn at random (the audit slice); 0 turns the audit off.
         audit_min: Fewest audit faces where the budget and the pool allow.
         reselect_skipped_after: Rounds after a skip before the face may be selected again; None: never.
@@ -26,8 +26,8 @@ class ReviewPolicy:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not 0 < self.budget <= 1:
-            raise ValueError(f"review budget must be a share of the pool in (0, 1], got {self.budget!r}")
+        if not 0 <= self.budget <= 1:
+            raise ValueError(f"review budget must be a share of the pool in [0, 1] (0: no review), got {self.budget!r}")
         if not 0 <= self.audit_share <= 1:
             raise ValueError(f"audit_share must be in [0, 1] (0 turns the audit off), got {self.audit_share!r}")
         if self.audit_min < 0:

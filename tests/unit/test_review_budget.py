@@ -87,6 +87,8 @@ def test_small_budget_the_audit_takes_at_least_its_minimum(tmp_path: Path) -> No
     off = make_pool_store(tmp_path / "off", 40)
     add_pseudo(off, 1, pool_ids(40), np.linspace(0.01, 0.3, 40))
     assert plan_round_review(off, 1, ReviewPolicy(budget=0.25, audit_share=0.0)).audit == []
+    none = plan_round_review(off, 1, ReviewPolicy(budget=0.0))  # a budget of 0: no review this round
+    assert none.budget == 0 and none.sample_ids == []
 
 
 def test_rejected_faces_leave_the_pool_skipped_ones_come_back_after_the_configured_rounds(tmp_path: Path) -> None:
@@ -139,7 +141,7 @@ def test_holdout_human_and_in_review_faces_are_never_picked(tmp_path: Path) -> N
 
 def test_review_policy_refuses_settings_that_make_no_sense() -> None:
     with pytest.raises(ValueError, match="share of the pool"):
-        ReviewPolicy(budget=0.0)
+        ReviewPolicy(budget=-0.1)
     with pytest.raises(ValueError, match="audit_share"):
         ReviewPolicy(audit_share=1.5)
     with pytest.raises(ValueError, match="reselect_skipped_after"):
