@@ -39,6 +39,24 @@ def _train_from(value: Any) -> TrainConfig:
     raise TypeError(f"train must be a TrainConfig or a dict of its fields, got {type(value).__name__}")
 
 
+def _check_review_fields(cfg: Any) -> None:
+    """Refuse review settings that make no sense when the config is made, not after a round has trained."""
+    shares = {"review_budget": cfg.review_budget, "audit_share": cfg.audit_share, "max_gross_rate": cfg.max_gross_rate}
+    for name, value in shares.items():
+        if not 0 <= value <= 1:
+            raise ValueError(f"STC config {name}={value!r}: must be a share in [0, 1]")
+    for name in ("audit_nme", "gross_nme"):
+        if not getattr(cfg, name) > 0:
+            raise ValueError(f"STC config {name}={getattr(cfg, name)!r}: must be an NME above 0")
+    if cfg.audit_min < 0 or cfg.recalibrate_min_faces < 0:
+        raise ValueError("STC config audit_min and recalibrate_min_faces: must be counts >= 0")
+    if cfg.reselect_skipped_after is not None and cfg.reselect_skipped_after < 1:
+        raise ValueError(
+            f"STC config reselect_skipped_after={cfg.reselect_skipped_after!r}: use a number of rounds >= 1, or null"
+            " (a skipped face is never selected again)"
+        )
+
+
 @dataclass(frozen=True)
 class STCConfig:
     # --- training (pipnet_core.config.TrainConfig): model, optimiser, epochs, augmentation, device, seed.
@@ -77,6 +95,9 @@ class STCConfig:
     thresholds_from_reviews: bool = True  # std/cls2/cls3_below from reviewed faces, into the next round's config
     gross_nme: float = 0.10  # real NME of a gross error at level std (FR@0.1's failure); cls2 2x, cls3 3x that
     max_gross_rate: float = 0.05  # a level's threshold admits at most this (weighted) share of gross errors
+
+    def __post_init__(self) -> None:
+        _check_review_fields(self)
 
     @classmethod
     def demo(cls, **overrides: Any) -> STCConfig:

@@ -146,4 +146,12 @@ def test_review_policy_refuses_settings_that_make_no_sense() -> None:
         ReviewPolicy(audit_share=1.5)
     with pytest.raises(ValueError, match="reselect_skipped_after"):
         ReviewPolicy(reselect_skipped_after=0)
+    # A round's config refuses them when it is made, before anything trains.
+    from flows.config import STCConfig
+
+    with pytest.raises(ValueError, match=r"audit_share=1.5: must be a share"):
+        STCConfig.from_dict({"audit_share": 1.5})
+    with pytest.raises(ValueError, match="reselect_skipped_after=0"):
+        STCConfig().replace(reselect_skipped_after=0)
+    assert STCConfig().replace(reselect_skipped_after=None).review_policy().reselect_skipped_after is None
 
