@@ -26,7 +26,7 @@ The refitted model replaces the round's ``confidence.json`` (the pool labeling u
 ``calibration.json`` records what it was fitted on, the ranking before and after, and the chosen
 thresholds. Round k's pool labeling routes its pseudo-labels with them (:func:`round_policy`), and the
 next round's resolved ``config.json`` records them (:func:`with_review_thresholds`): the pseudo-labels
-round k + 1 trains on were routed by exactly those values.
+round k + 1 trains on were routed by exactly those values (docs/review.md section 11).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ eligible faces first; the rest goes to the least sure faces, spread over poses
 (:func:`~.selection.select_for_review`). Eligible: round k's pseudo-labelled pool faces that no person
 labeled or corrected, not with reviewers now, not rejected ("no face", "bad image"), and not skipped
 less than ``reselect_skipped_after`` rounds ago (:mod:`annotations.store.exclusions`). Holdout faces
-never.
+never. The rules in full: docs/review.md section 11.
 """
 
 from __future__ import annotations
