@@ -15,9 +15,10 @@ import numpy as np
 
 from annotations.store import Store
 from flows.review_report import review_section
+from pipnet_core.images import ImageReadError, read_image
 from pipnet_core.metrics import ced
 
-__all__ = ["metrics_rows", "trained_lines", "write_report"]
+__all__ = ["epochs_trained", "metrics_rows", "trained_lines", "write_report"]
 
 
 def _png(fig: Any) -> bytes:
@@ -26,9 +27,30 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
+def epochs_trained(store: Store) -> dict[int, tuple[int, int]]:
+    """Per round: (epochs of its own training, epochs its model has seen in all).
+
+    A round whose training started from the previous round's weights (a warm start, or STLD's
+    pretraining lineage) carries that round's total: its holdout NME reflects all of those epochs,
+    so a gain over round 0 is self-training *and* extra training until compared with supervised
+    training of equal length (bench/RESULTS.md).
+    """
+    out: dict[int, tuple[int, int]] = {}
+    for k in store.rounds():
+        info = store.read_round_json(k, "training_set.json", default=None) or {}
+        cfg = store.read_round_json(k, "config.json", default=None) or {}
+        stages = info.get("stages") or [{"epochs": (cfg.get("train") or cfg).get("epochs", 0), "init_from": None}]
+        own = int(sum(int(st.get("epochs", 0)) for st in stages))
+        earlier = f"round={k - 1}"
+        warm = any(earlier in str(st.get("init_from") or "") for st in stages)
+        out[k] = (own, own + (out.get(k - 1, (0, 0))[1] if warm else 0))
+    return out
+
+
 def metrics_rows(store: Store) -> list[dict[str, Any]]:
     """One row per evaluated round: the table of the report and of the Prefect artifact."""
     rows = []
+    epochs = epochs_trained(store)
     for k in store.rounds():
         m = store.read_round_json(k, "metrics.json", default=None)
         if not m:
@@ -43,6 +65,7 @@ def metrics_rows(store: Store) -> list[dict[str, Any]]:
                 "holdout NME": round(m["nme"], 4),
                 "FR@0.1": round(m["fr@0.1"], 4),
                 "AUC@0.1": round(m["auc@0.1"], 4),
+                "epochs (in all)": _epochs_cell(epochs.get(k)),
                 "confidence Spearman": None
                 if m.get("confidence_spearman") is None
                 else round(m["confidence_spearman"], 3),
@@ -53,6 +76,13 @@ def metrics_rows(store: Store) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _epochs_cell(e: tuple[int, int] | None) -> str:
+    if e is None:
+        return "-"
+    own, total = e
+    return str(own) if total == own else f"{own} ({total})"
 
 
 def trained_lines(store: Store) -> list[str]:
@@ -76,8 +106,10 @@ def _markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _draw_face(image_uri: str, pred: np.ndarray, gt: np.ndarray, size: int = 160) -> np.ndarray:
-    img = cv2.imread(image_uri, cv2.IMREAD_COLOR)
-    if img is None:
+    """A BGR tile of the face with the model's landmarks (red) and the truth (green)."""
+    try:
+        img = cv2.cvtColor(read_image(str(image_uri).removeprefix("file://")).rgb, cv2.COLOR_RGB2BGR)
+    except ImageReadError:
         return np.zeros((size, size, 3), np.uint8)
     both = np.concatenate([pred, gt])
     x0, y0 = np.nanmin(both, axis=0)
@@ -94,18 +126,79 @@ def _draw_face(image_uri: str, pred: np.ndarray, gt: np.ndarray, size: int = 160
     return face
 
 
-def write_report(store_url: str, k: int, worst: int = 12) -> str:
-    """Write rounds/round=k/report.md with its plots; returns the markdown."""
+def _curves(store: Store, k: int, rows: list[dict[str, Any]], preds: Any) -> list[str]:
+    """CED per round, NME per round against round 0 (supervised), predicted vs real NME."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    per_face, predicted = preds["per_face"], preds["predicted_nme"]
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    # the field's CED stops at 0.1; a model that is still far from it is shown up to 0.3
+    xmax = 0.1 if np.mean(per_face <= 0.1) >= 0.5 else 0.3
+    for kk in store.rounds():
+        try:
+            p = np.load(io.BytesIO(store.read_round_file(kk, "holdout_predictions.npz")))
+        except (FileNotFoundError, OSError):
+            continue
+        xs, ys = ced(p["per_face"], threshold=xmax)
+        ax[0].plot(xs, ys, label=f"round {kk}")
+    ax[0].set(title="CED on the holdout", xlabel="NME", ylabel="fraction of faces", xlim=(0, xmax), ylim=(0, 1))
+    ax[0].legend()
+    ks = [r["round"] for r in rows]
+    ax[1].plot(ks, [r["holdout NME"] for r in rows], marker="o", label="holdout NME")
+    if rows and rows[0]["round"] == 0:
+        ax[1].axhline(rows[0]["holdout NME"], color="grey", ls=":", label="round 0 (supervised)")
+    ax[1].set(title="holdout NME per round", xlabel="round", ylabel="NME")
+    ax[1].legend()
+    ax[2].scatter(predicted, per_face, s=6)
+    lim = float(max(np.max(per_face), np.max(predicted), 1e-3))
+    ax[2].plot([0, lim], [0, lim], "k--", lw=0.8)
+    ax[2].set(title="confidence: predicted vs real NME", xlabel="predicted NME", ylabel="real NME")
+    store.write_round_file(k, "report_curves.png", _png(fig))
+    plt.close(fig)
+    return ["\n![curves](report_curves.png)\n"]
+
+
+def _worst_faces(store: Store, k: int, preds: Any, worst: int) -> list[str]:
+    per_face = preds["per_face"]
+    order = np.argsort(-per_face)[:worst]
+    samples = store.samples().set_index("sample_id")
+    tiles = [_draw_face(str(samples.loc[str(preds["sample_ids"][i]), "image_uri"]), preds["landmarks"][i],
+                        preds["gt"][i]) for i in order]  # fmt: skip
+    if not tiles:
+        return []
+    cols = 6
+    while len(tiles) % cols:
+        tiles.append(np.zeros_like(tiles[0]))
+    grid = np.concatenate([np.concatenate(tiles[r : r + cols], axis=1) for r in range(0, len(tiles), cols)])
+    ok, png = cv2.imencode(".png", grid)
+    if not ok:
+        return []
+    store.write_round_file(k, "worst_faces.png", png.tobytes())
+    return ["\n## Worst holdout faces (red: model, green: truth)\n\n![worst](worst_faces.png)\n",
+            "NME of these faces: " + ", ".join(f"{per_face[i]:.3f}" for i in order) + "\n"]  # fmt: skip
+
+
+def _warm_note(rows: list[dict[str, Any]]) -> str:
+    warm = [r["round"] for r in rows if "(" in str(r.get("epochs (in all)", ""))]
+    if not warm:
+        return ""
+    return (f"\nRound(s) {', '.join(map(str, warm))} started from the previous round's weights: the epochs in "
+            "brackets are all their model has trained, so their gain over round 0 (the dotted line in the plot) "
+            "is self-training plus extra training; bench/RESULTS.md compares with supervised training of equal "
+            "length.\n")  # fmt: skip
+
+
+def write_report(store_url: str, k: int, worst: int = 12) -> str:
+    """Write rounds/round=k/report.md with its plots; returns the markdown."""
     store = Store.open(store_url)
     rows = metrics_rows(store)
     md = [f"# pipstc report — round {k}\n", f"Store: `{store.url}` · scheme `{store.scheme.name}`\n"]
     md.append("## Holdout metrics per round\n")
     md.append(_markdown_table(rows))
+    md.append(_warm_note(rows))
     trained = trained_lines(store)
     if trained:
         md.append("\n## What each round trained\n")
@@ -120,47 +213,8 @@ def write_report(store_url: str, k: int, worst: int = 12) -> str:
     except (FileNotFoundError, OSError, KeyError):
         preds = None
     if preds is not None:
-        per_face, predicted = preds["per_face"], preds["predicted_nme"]
-        fig, ax = plt.subplots(1, 3, figsize=(15, 4))
-        # the field's CED stops at 0.1; a model that is still far from it is shown up to 0.3
-        xmax = 0.1 if np.mean(per_face <= 0.1) >= 0.5 else 0.3
-        for kk in store.rounds():
-            try:
-                p = np.load(io.BytesIO(store.read_round_file(kk, "holdout_predictions.npz")))
-            except (FileNotFoundError, OSError):
-                continue
-            xs, ys = ced(p["per_face"], threshold=xmax)
-            ax[0].plot(xs, ys, label=f"round {kk}")
-        ax[0].set(title="CED on the holdout", xlabel="NME", ylabel="fraction of faces", xlim=(0, xmax), ylim=(0, 1))
-        ax[0].legend()
-        ks = [r["round"] for r in rows]
-        ax[1].plot(ks, [r["holdout NME"] for r in rows], marker="o")
-        ax[1].set(title="holdout NME per round", xlabel="round", ylabel="NME")
-        ax[2].scatter(predicted, per_face, s=6)
-        lim = float(max(np.max(per_face), np.max(predicted), 1e-3))
-        ax[2].plot([0, lim], [0, lim], "k--", lw=0.8)
-        ax[2].set(title="confidence: predicted vs real NME", xlabel="predicted NME", ylabel="real NME")
-        store.write_round_file(k, "report_curves.png", _png(fig))
-        plt.close(fig)
-        md.append("\n![curves](report_curves.png)\n")
-        order = np.argsort(-per_face)[:worst]
-        samples = store.samples().set_index("sample_id")
-        tiles = [
-            _draw_face(
-                str(samples.loc[str(preds["sample_ids"][i]), "image_uri"]), preds["landmarks"][i], preds["gt"][i]
-            )
-            for i in order
-        ]
-        if tiles:
-            cols = 6
-            while len(tiles) % cols:
-                tiles.append(np.zeros_like(tiles[0]))
-            grid = np.concatenate([np.concatenate(tiles[r : r + cols], axis=1) for r in range(0, len(tiles), cols)])
-            ok, png = cv2.imencode(".png", grid)
-            if ok:
-                store.write_round_file(k, "worst_faces.png", png.tobytes())
-                md.append("\n## Worst holdout faces (red: model, green: truth)\n\n![worst](worst_faces.png)\n")
-                md.append("NME of these faces: " + ", ".join(f"{per_face[i]:.3f}" for i in order) + "\n")
+        md += _curves(store, k, rows, preds)
+        md += _worst_faces(store, k, preds, worst)
     cfg = store.read_round_json(k, "config.json", default=None) or {}
     md.append("\n" + review_section(store, k, float(cfg.get("audit_nme", 0.08))))
     rejects = store.rejects()
