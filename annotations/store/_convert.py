@@ -84,6 +84,8 @@ def _column_chunks(series: pd.Series, field: pa.Field, what: str) -> pa.Array | 
         if pa.types.is_fixed_size_list(field.type):
             size = field.type.list_size
             values = np.asarray(series.tolist(), dtype=np.float32)
+            if not len(series):
+                values = values.reshape(0, size)  # an empty batch: asarray([]) is (0,), not (0, size)
             if values.shape != (len(series), size):
                 raise ValueError(f"expected {size} numbers per row, got an array of shape {values.shape}")
             return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), type=field.type)

@@ -1,4 +1,5 @@
-"""Sample ids: a content hash of the image bytes and the face box (docs/store.md section 4.1).
+"""Sample ids: a content hash of the image bytes and the face box (docs/store.md section 4.1); what a label write
+returns.
 
 The same face in the same image file always gets the same id, whatever its path, so adding a folder
 twice adds nothing (the store drops ids it already holds). Two faces of one image differ by their box.
@@ -15,7 +16,7 @@ import numpy as np
 
 from pipnet_core.images import image_digest  # the image half of the id; re-exported
 
-__all__ = ["SAMPLE_ID_LENGTH", "image_digest", "sample_id", "sample_id_from_digest"]
+__all__ = ["SAMPLE_ID_LENGTH", "LabelIds", "image_digest", "sample_id", "sample_id_from_digest"]
 
 # 24 hex chars = 96 bits: collisions stay negligible far beyond any labeling pool (birthday bound ~2^48).
 SAMPLE_ID_LENGTH = 24
@@ -39,3 +40,18 @@ def sample_id_from_digest(digest: str, box: Sequence[float]) -> str:
 def sample_id(image_bytes: bytes, box: Sequence[float]) -> str:
     """The sample id of the face ``box`` (x0, y0, x1, y1 pixels) in the image file ``image_bytes``."""
     return sample_id_from_digest(image_digest(image_bytes), box)
+
+
+class LabelIds(list[str]):
+    """The label id of every row given to :meth:`annotations.store.Store.add_labels`, in order.
+
+    A plain list of ids (new or already stored), so callers that map rows to ids keep working;
+    :attr:`new` says which of them this call wrote, so a re-import can report "0 new".
+
+    Attributes:
+        new: The ids written by this call, in write order (a retried write gives an empty tuple).
+    """
+
+    def __init__(self, ids: Sequence[str] = (), new: Sequence[str] = ()) -> None:
+        super().__init__(ids)
+        self.new: tuple[str, ...] = tuple(new)

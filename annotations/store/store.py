@@ -60,6 +60,7 @@ from annotations.store.errors import (
     StoreError,
     StoreLocked,
 )
+from annotations.store.ids import LabelIds
 from annotations.store.rounds import RoundBook
 from annotations.store.schema import LABEL_SOURCES, SPLITS
 from annotations.store.splits import assign_split
@@ -303,7 +304,7 @@ class Store(RoundBook):
         landmarks: np.ndarray,
         landmark_confidence: np.ndarray | None = None,
         moved: np.ndarray | None = None,
-    ) -> list[str]:
+    ) -> LabelIds:
         """Append labels; rows whose ``label_id`` is already stored are skipped (retries are no-ops).
 
         Args:
@@ -316,14 +317,15 @@ class Store(RoundBook):
             moved: (R, N) bool landmarks a person moved (corrections), or None.
 
         Returns:
-            The label id of every input row, in order (new or already stored).
+            The label id of every input row, in order (new or already stored); its ``new`` attribute
+            holds the ids this call wrote (:class:`annotations.store.ids.LabelIds`).
 
         Raises:
             StoreError: bad columns or shapes, or samples the store does not have.
             HoldoutLeak: pseudo or corrected labels for holdout samples.
         """
         table = label_table(rows, landmarks, landmark_confidence, moved, self.scheme.num_landmarks, self.scheme.name)
-        ids = table["label_id"].to_pylist()
+        ids, new = table["label_id"].to_pylist(), []
         with self._writing():
             pos, split = self._split_codes(table["sample_id"])
             if (pos < 0).any():
@@ -357,7 +359,8 @@ class Store(RoundBook):
                     self._fs.clean_temps(folder, recursive=False)
                     path = self._fs.write_parquet(folder, sub)
                     self._label_ids[path] = sub["label_id"].combine_chunks()
-        return ids
+                    new += self._label_ids[path].to_pylist()
+        return LabelIds(ids, new)
 
     def _read_labels(
         self, round_: int | None = None, sources: Sequence[str] | None = None, columns: Sequence[str] | None = None
