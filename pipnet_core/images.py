@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import numpy as np
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
     "DecodedImage",
     "ImageReadError",
     "decode_image",
@@ -35,6 +37,9 @@ __all__ = [
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm")
 
 _EXIF_ORIENTATION = 0x0112
+# Pillow's own decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS): 179 MP is 537 MB as RGB, and
+# a few hundred bytes of PNG header can claim far more. Checked from the header, before decoding.
+MAX_IMAGE_PIXELS = 178_956_970
 
 
 class ImageReadError(ValueError):
@@ -68,14 +73,33 @@ def is_image_path(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _orientation(data: bytes) -> int:
-    try:
-        from PIL import Image
+def _too_large(source: str, size: str) -> str:
+    return (
+        f"{source}: image too large ({size}more than {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels); "
+        "downscale it (a face needs a few hundred pixels)"
+    )
 
+
+def _orientation(data: bytes, source: str) -> int:
+    """The EXIF orientation (1 = upright as stored), read from the header before anything is decoded.
+
+    Raises:
+        ImageReadError: the header gives more than :data:`MAX_IMAGE_PIXELS` pixels.
+    """
+    from PIL import Image
+
+    # The size limit is ours (below, with the file named); Pillow's warning for 89-179 MP would only add noise.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    try:
         with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
             value = im.getexif().get(_EXIF_ORIENTATION, 1)
+    except Image.DecompressionBombError:
+        raise ImageReadError(_too_large(source, "")) from None  # Pillow refused the size itself
     except Exception:  # noqa: BLE001 - no EXIF (or a format Pillow cannot open): upright as stored
         return 1
+    if w * h > MAX_IMAGE_PIXELS:
+        raise ImageReadError(_too_large(source, f"{w}x{h} px, "))
     try:
         value = int(value)
     except (TypeError, ValueError):
@@ -160,18 +184,22 @@ def decode_image(data: bytes, source: str = "<bytes>") -> DecodedImage:
         The upright RGB image with its size and the digest of ``data``.
 
     Raises:
-        ImageReadError: empty or undecodable bytes.
+        ImageReadError: empty, undecodable or too large (:data:`MAX_IMAGE_PIXELS`) bytes.
     """
     if not data:
         raise ImageReadError(f"{source}: empty file, not an image")
+    orientation = _orientation(data, source)
     buf = np.frombuffer(data, dtype=np.uint8)
-    raw = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    try:
+        raw = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error:  # OpenCV asserts on headers it refuses (over its own 1 GP limit, say): Pillow may still read it
+        raw = None
     if raw is not None and raw.size > 0:
         try:
             rgb = _to_rgb(_to_uint8(raw))
         except ValueError as e:
             raise ImageReadError(f"{source}: {e}; convert the image to 8-bit RGB") from None
-        rgb = _apply_orientation(rgb, _orientation(data))
+        rgb = _apply_orientation(rgb, orientation)
     else:
         rgb = _decode_with_pillow(data)
         if rgb is None:

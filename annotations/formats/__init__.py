@@ -105,7 +105,7 @@ FORMATS: dict[str, FormatSpec] = {
 def _spec(fmt: str) -> FormatSpec:
     spec = FORMATS.get(fmt.lower())
     if spec is None:
-        raise FormatError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+        raise FormatError(f"--format {fmt}: unknown format — use one of {', '.join(FORMATS)}")
     return spec
 
 
@@ -121,6 +121,6 @@ def write_any(
     spec = _spec(fmt)
     if spec.write is None:
         raise FormatError(
-            f"format {fmt!r} is import-only; export to one of {', '.join(k for k, s in FORMATS.items() if s.write)}"
+            f"format {fmt!r} is import-only — export to one of {', '.join(k for k, s in FORMATS.items() if s.write)}"
         )
     return spec.write(path, samples, landmarks, scheme, **kw)

@@ -36,12 +36,13 @@ def _load(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
-        raise FormatError(f"{path}: cannot read the COCO file ({e.strerror or e})") from None
+        raise FormatError(f"{path}: cannot read the COCO file ({e.strerror or e}) — check the path") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise FormatError(
-            f"{path}: not valid JSON (line {e.lineno} column {e.colno}: {e.msg}); is it a COCO keypoints file?"
+            f"{path}: not valid JSON (line {e.lineno} column {e.colno}: {e.msg}) — "
+            "give a COCO keypoints JSON file (a truncated download?)"
         ) from None
     if (
         not isinstance(data, dict)
@@ -49,26 +50,34 @@ def _load(path: Path) -> dict[str, Any]:
         or not isinstance(data.get("annotations"), list)
     ):
         raise FormatError(
-            f"{path}: not a COCO keypoints file: the top level must be an object with 'images' and 'annotations' lists"
+            f"{path}: not a COCO keypoints file — the top level must be an object with 'images' and 'annotations' lists"
         )
     return data
 
 
+def _id(value: Any) -> int | str | None:
+    """A COCO id (a number or a string) as a lookup key; anything else (a list, an object) matches nothing."""
+    return value if isinstance(value, int | str) and not isinstance(value, bool) else None
+
+
 def _categories(data: dict[str, Any], path: Path, n: int, category: str | int | None) -> set[Any] | None:
     """Ids of the keypoint categories to import (None: any category, when the file lists none)."""
-    cats = [c for c in data.get("categories") or [] if isinstance(c, dict)]
+    listed = data.get("categories") or []
+    if not isinstance(listed, list):
+        raise FormatError(f"{path}: 'categories' is a {type(listed).__name__} — COCO gives a list of category objects")
+    cats = [c for c in listed if isinstance(c, dict)]
     if category is not None:
         cats = [c for c in cats if c.get("name") == category or c.get("id") == category]
         if not cats:
-            raise FormatError(f"{path}: no category named or numbered {category!r}")
+            raise FormatError(f"{path}: no category named or numbered {category!r} — use a category the file lists")
     with_kp = [c for c in cats if isinstance(c.get("keypoints"), list)]
     if not with_kp:
         return None
-    matching = {c.get("id") for c in with_kp if len(c["keypoints"]) == n}
+    matching = {_id(c.get("id")) for c in with_kp if len(c["keypoints"]) == n}
     if not matching:
         counts = sorted({len(c["keypoints"]) for c in with_kp})
         raise FormatError(
-            f"{path}: the categories have {counts} keypoints but the scheme has {n}; "
+            f"{path}: the categories have {counts} keypoints but the scheme has {n} — "
             "import with the scheme the file was made for"
         )
     return matching
@@ -103,20 +112,20 @@ def read_coco(
     builder = ImportBuilder(source=str(path), scheme=scheme, dataset=dataset or path.stem, allow_missing=allow_missing)
     images: dict[Any, dict[str, Any]] = {}
     for i, img in enumerate(data["images"]):
-        if isinstance(img, dict) and "id" in img and isinstance(img.get("file_name"), str):
+        if isinstance(img, dict) and _id(img.get("id")) is not None and isinstance(img.get("file_name"), str):
             images[img["id"]] = img
         else:
-            builder.reject(f"images[{i}]", "an image entry needs 'id' and 'file_name'")
+            builder.reject(f"images[{i}]", "an image entry needs 'id' (a number) and 'file_name' (a string)")
     for i, ann in enumerate(data["annotations"]):
         where = f"annotations[{i}]" + (f" (id {ann.get('id')})" if isinstance(ann, dict) and "id" in ann else "")
         try:
             if not isinstance(ann, dict):
                 raise RowError("an annotation must be an object")
-            if wanted is not None and ann.get("category_id") not in wanted:
+            if wanted is not None and _id(ann.get("category_id")) not in wanted:
                 continue  # another category (people, say): not ours, not an error
             if ann.get("iscrowd"):
                 raise RowError("crowd annotation (iscrowd=1) has no per-face landmarks")
-            img = images.get(ann.get("image_id"))
+            img = images.get(_id(ann.get("image_id")))
             if img is None:
                 raise RowError(f"field image_id: {ann.get('image_id')!r} is not in 'images'")
             landmarks, vis = _keypoints(ann.get("keypoints"), n)
@@ -148,7 +157,7 @@ def read_coco(
 def _int_or_none(value: Any) -> int | None:
     try:
         return int(value) if value is not None else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise RowError(f"image size {value!r} is not an integer") from None
 
 

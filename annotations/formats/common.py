@@ -9,7 +9,8 @@ not use, with the file, the line or field, and the reason. One bad row never cos
 The checks (:class:`ImportBuilder`): landmark count of the scheme, numeric values, NaN (where the
 format has no notion of a missing landmark), a missing or unreadable image, a duplicate sample (the
 same image bytes and box twice, see :mod:`annotations.store.ids`), landmarks far outside the image (more
-than 50% of the image size beyond an edge, which points at swapped x/y or the wrong image).
+than 50% of the image size beyond an edge, which points at swapped x/y or the wrong image), a face box
+that does not overlap its image.
 """
 
 from __future__ import annotations
@@ -348,15 +349,28 @@ class ImportBuilder:
         return pts.astype(np.float32)
 
     @staticmethod
-    def check_box(box: Sequence[float]) -> np.ndarray:
-        """Validate a (x0, y0, x1, y1) box; return it as float32. Raises :class:`RowError`."""
-        b = np.asarray(box, dtype=np.float64).reshape(-1)
+    def check_box(box: Sequence[float], width: int | None = None, height: int | None = None) -> np.ndarray:
+        """Validate a (x0, y0, x1, y1) pixel box, and that it overlaps the ``width`` x ``height`` image when given.
+
+        A box may poke out of the image (a face cut by the frame, a detector's raw box), but one that
+        misses the image entirely labels nothing in it: the wrong image, a box for the full-size photo
+        given with a thumbnail, or x/y swapped. Returns the box as float32; raises :class:`RowError`.
+        """
+        try:
+            b = np.asarray(box, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise RowError(f"box {box!r} is not 4 numbers (x0, y0, x1, y1)") from None
         if b.shape != (4,):
             raise RowError(f"a box is 4 numbers (x0, y0, x1, y1), got {len(b)}")
         if not np.isfinite(b).all():
             raise RowError(f"box {b.tolist()} has a NaN or infinite value")
         if b[2] <= b[0] or b[3] <= b[1]:
             raise RowError(f"box {b.tolist()} is empty: need x1 > x0 and y1 > y0 (x0, y0, x1, y1 order)")
+        if width is not None and height is not None and (b[0] >= width or b[1] >= height or b[2] <= 0 or b[3] <= 0):
+            raise RowError(
+                f"box {[round(v, 2) for v in b.tolist()]} lies outside the {width}x{height} image (no overlap); "
+                "check that the box is for this image, in its pixels, in x0, y0, x1, y1 order"
+            )
         return b.astype(np.float32)
 
     # -- adding -----------------------------------------------------------------------------------
@@ -407,7 +421,7 @@ class ImportBuilder:
         try:
             info, w, h = self._image_of(image, sample_id, width, height)
             pts = self.check_landmarks(landmarks, w, h)
-            b, box_source = self._face_box(pts, box, box_source)
+            b, box_source = self._face_box(pts, box, box_source, w, h)
             sid = sample_id if sample_id is not None else sample_id_from_digest(info.digest, b)  # type: ignore[union-attr]
         except RowError as e:
             self.reject(location, str(e), sample_id=sample_id, source=src)
@@ -460,15 +474,15 @@ class ImportBuilder:
         return None, int(width), int(height)  # type: ignore[arg-type]
 
     def _face_box(
-        self, landmarks: np.ndarray, box: Sequence[float] | None, box_source: str
+        self, landmarks: np.ndarray, box: Sequence[float] | None, box_source: str, width: int, height: int
     ) -> tuple[np.ndarray, str]:
         """The checked face box and its source; the landmarks' tight box when none is given."""
         if box is not None:
-            return self.check_box(box), box_source
+            return self.check_box(box, width, height), box_source
         b = landmark_box(landmarks)
         if b is None or b[2] <= b[0] or b[3] <= b[1]:
             raise RowError("the landmarks span no area, so no face box can be made from them")
-        return b, "landmarks"
+        return self.check_box(b, width, height), "landmarks"
 
     def _keep_sample(
         self,
@@ -514,7 +528,7 @@ class ImportBuilder:
         """Keep one unlabeled face (pools). Returns its sample id, or None when rejected."""
         src = source or self.source
         try:
-            b = self.check_box(box)
+            b = self.check_box(box, info.width, info.height)
         except RowError as e:
             self.reject(location, str(e), source=src)
             return None

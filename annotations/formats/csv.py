@@ -54,11 +54,12 @@ def _check_header(header: list[str], n: int, path: Path) -> None:
     fix = f"the header must be {','.join(required[:7])},...,x{n - 1},y{n - 1} (then optionally {','.join(_OPTIONAL)})"
     names = [h.strip() for h in header]
     if not names or names[0] != "image":
-        raise FormatError(f"{path}: wrong header (first column {names[0] if names else ''!r}, expected 'image'); {fix}")
+        first = names[0] if names else ""
+        raise FormatError(f"{path}: wrong header (first column {first!r}, expected 'image') — {fix}")
     landmark_cols = [h for h in names if len(h) > 1 and h[0] in "xy" and h[1:].isdigit()]
     if len(landmark_cols) != 2 * n:
         raise FormatError(
-            f"{path}: the header has {len(landmark_cols) // 2} landmark column pairs but scheme has {n}; "
+            f"{path}: the header has {len(landmark_cols) // 2} landmark column pairs but scheme has {n} — "
             f"import with the scheme the file was written for, or {fix}"
         )
     missing = [c for c in required if c not in names]
@@ -72,9 +73,9 @@ def _check_header(header: list[str], n: int, path: Path) -> None:
             )
             if part
         )
-        raise FormatError(f"{path}: wrong header ({what}); {fix}")
+        raise FormatError(f"{path}: wrong header ({what}) — {fix}")
     if len(set(names)) != len(names):
-        raise FormatError(f"{path}: wrong header (repeated column names); {fix}")
+        raise FormatError(f"{path}: wrong header (repeated column names) — {fix}")
 
 
 def _cell_float(cell: str, what: str) -> float:
@@ -132,16 +133,16 @@ def read_csv(
     try:
         handle = p.open(newline="", encoding="utf-8-sig")  # utf-8-sig: spreadsheets add a BOM
     except OSError as e:
-        raise FormatError(f"{p}: cannot read the CSV ({e.strerror or e})") from None
+        raise FormatError(f"{p}: cannot read the CSV ({e.strerror or e}) — check the path") from None
     builder = ImportBuilder(source=str(p), scheme=scheme, dataset=dataset or p.stem, allow_missing=allow_missing)
     with handle:
         reader = csv.reader(handle)
         try:
             header = next(reader)
         except StopIteration:
-            raise FormatError(f"{p}: empty file; expected a header line {','.join(csv_header(n)[:7])},...") from None
+            raise FormatError(f"{p}: empty file — expected a header line {','.join(csv_header(n)[:7])},...") from None
         except csv.Error as e:
-            raise FormatError(f"{p}: not a CSV file ({e})") from None
+            raise FormatError(f"{p}: not a CSV file ({e}) — give a comma-separated text file") from None
         _check_header(header, n, p)
         col = {h.strip(): i for i, h in enumerate(header)}
         for where, row in _data_rows(reader, builder):

@@ -5,7 +5,8 @@ Our labeling config (docs/review.md section 3.1) has one ``Image`` named
 scheme's ``landmark_names`` in order; the landmark index comes from the label, never from the
 result order or id (JSON_MIN drops ids). Result values ``x``/``y`` are percentages of
 ``original_width``/``original_height`` (Label Studio KeyPointLabels docs), so pixels are
-``x * original_width / 100``. Shapes (docs/review.md section 7.4):
+``x * original_width / 100``; a value outside [0, 100] (beyond a rounding tolerance) is refused, naming
+the row, since it cannot be a point on the image. Shapes (docs/review.md section 7.4):
 
 * JSON: a list of tasks, each with ``data`` (``image``, our ``sample_id``) and ``annotations``
   (``id``, ``completed_by``, ``was_cancelled``, ``result`` items with ``value.{x, y, keypointlabels}``);
@@ -30,7 +31,7 @@ import numpy as np
 from annotations.formats.common import FormatError, ImportBuilder, ImportResult, RowError
 from pipnet_core.schemes import Scheme
 
-__all__ = ["items_to_landmarks", "read_labelstudio_export", "resolve_ls_image"]
+__all__ = ["PERCENT_TOLERANCE", "items_to_landmarks", "read_labelstudio_export", "resolve_ls_image"]
 
 
 def resolve_ls_image(uri: str, image_root: str | Path | None, export_dir: Path) -> Path | None:
@@ -68,6 +69,22 @@ def resolve_ls_image(uri: str, image_root: str | Path | None, export_dir: Path) 
     return (root or export_dir) / p
 
 
+# Label Studio stores x/y as percentages of the image, inside [0, 100] by construction; exports that
+# went through float formatting or a spreadsheet may land a hair outside. More than this is a point off
+# the image (or pixels written where percentages belong) and would become a wrong landmark.
+PERCENT_TOLERANCE = 0.01
+
+
+def _check_percent(k: int, name: str, axis: str, value: float, side: str) -> None:
+    """Refuse an ``x``/``y`` that is not a finite percentage in [0, 100] (within :data:`PERCENT_TOLERANCE`)."""
+    if not np.isfinite(value) or not -PERCENT_TOLERANCE <= value <= 100.0 + PERCENT_TOLERANCE:
+        raise RowError(
+            f"result {k} ({name}): {axis} = {value!r} % is outside 0-100 % of the image {side}; Label Studio gives "
+            "percentages, so this point is off the image or its value is in pixels: fix or delete the point in "
+            "Label Studio and export again"
+        )
+
+
 def items_to_landmarks(items: list[dict[str, Any]], scheme: Scheme, control: str = "kp") -> tuple[np.ndarray, int, int]:
     """Keypoint result items (full JSON or JSON_MIN shape) -> landmarks in pixels.
 
@@ -88,13 +105,15 @@ def items_to_landmarks(items: list[dict[str, Any]], scheme: Scheme, control: str
             if item.get("from_name", control) != control or item.get("type", "keypointlabels") != "keypointlabels":
                 continue  # another control of the same project (a comment box, say): not landmarks
             value = item["value"]
+            if not isinstance(value, dict):
+                raise RowError(f"result {k}: 'value' is not an object with x, y and keypointlabels")
         else:
             value = item
         labels = value.get("keypointlabels") or []
-        if len(labels) != 1:
+        if not isinstance(labels, list) or len(labels) != 1:
             raise RowError(f"result {k}: expected exactly one keypoint label, got {labels!r}")
         name = labels[0]
-        if name not in index:
+        if not isinstance(name, str) or name not in index:
             raise RowError(
                 f"result {k}: label {name!r} is not a landmark of scheme {scheme.name!r} "
                 f"(labels are {scheme.landmark_names[0]}..{scheme.landmark_names[-1]}); "
@@ -109,10 +128,14 @@ def items_to_landmarks(items: list[dict[str, Any]], scheme: Scheme, control: str
             w = int(item.get("original_width", value.get("original_width")))
             h = int(item.get("original_height", value.get("original_height")))
             x, y = float(value["x"]), float(value["y"])
-        except (TypeError, ValueError, KeyError) as e:
+        except (TypeError, ValueError, KeyError, OverflowError) as e:
             raise RowError(
                 f"result {k} ({name}): missing or non-numeric x/y/original_width/original_height ({e})"
             ) from None
+        if w <= 0 or h <= 0:
+            raise RowError(f"result {k} ({name}): original size {w}x{h} is not an image size; re-export the project")
+        _check_percent(k, name, "x", x, "width")
+        _check_percent(k, name, "y", y, "height")
         if size is None:
             size = (w, h)
         elif size != (w, h):
@@ -139,8 +162,14 @@ def _annotator(value: Any) -> str | None:
 def _int(value: Any) -> int | None:
     try:
         return int(value) if value is not None else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
+
+
+def _sample_id(task_data: dict[str, Any]) -> str | None:
+    """Our tasks carry the sample id as a non-empty string; anything else is no sample id."""
+    value = task_data.get("sample_id")
+    return value if isinstance(value, str) and value else None
 
 
 def _load_export(p: Path) -> list[dict[str, Any]]:
@@ -148,20 +177,20 @@ def _load_export(p: Path) -> list[dict[str, Any]]:
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except OSError as e:
-        raise FormatError(f"{p}: cannot read the export ({e.strerror or e})") from None
+        raise FormatError(f"{p}: cannot read the export ({e.strerror or e}) — check the path") from None
     except json.JSONDecodeError as e:
         raise FormatError(
-            f"{p}: not valid JSON (line {e.lineno} column {e.colno}: {e.msg}); export the project as JSON or JSON_MIN"
+            f"{p}: not valid JSON (line {e.lineno} column {e.colno}: {e.msg}) — export the project as JSON or JSON_MIN"
         ) from None
     if not isinstance(data, list) or any(not isinstance(t, dict) for t in data):
         raise FormatError(
-            f"{p}: a Label Studio JSON/JSON_MIN export is a list of objects; export the project as JSON or JSON_MIN"
+            f"{p}: a Label Studio JSON/JSON_MIN export is a list of objects — export the project as JSON or JSON_MIN"
         )
     full = any("annotations" in t and "data" in t for t in data)
     if not full and data and not any("image" in t for t in data):
         raise FormatError(
             f"{p}: neither a JSON export (tasks with 'data' and 'annotations') "
-            "nor a JSON_MIN export (rows with 'image'); "
+            "nor a JSON_MIN export (rows with 'image') — "
             "export the project as JSON or JSON_MIN"
         )
     return data
@@ -171,13 +200,20 @@ def _add_task(
     builder: ImportBuilder, t: int, task: dict[str, Any], p: Path, image_root: str | Path | None, control: str
 ) -> None:
     """Every annotation of one task of a full JSON export; skipped ones are recorded, not imported."""
-    task_data = task.get("data") or {}
+    task_data = task.get("data") if isinstance(task.get("data"), dict) else {}
     task_id = _int(task.get("id"))
-    for a, ann in enumerate(task.get("annotations") or []):
+    annotations = task.get("annotations") or []
+    if not isinstance(annotations, list):
+        builder.reject(f"task {task_id if task_id is not None else t}", "'annotations' is not a list; re-export")
+        return
+    for a, ann in enumerate(annotations):
+        if not isinstance(ann, dict):
+            builder.reject(f"task {task_id if task_id is not None else t} annotation {a}", "not an object; re-export")
+            continue
         where = f"task {task_id if task_id is not None else t} annotation {ann.get('id', a)}"
         if ann.get("was_cancelled"):
             skipped = "skipped in Label Studio (was_cancelled); nothing to import"
-            builder.reject(where, skipped, sample_id=task_data.get("sample_id"))
+            builder.reject(where, skipped, sample_id=_sample_id(task_data))
             continue
         _add(builder, where, task_data, ann.get("result") or [], p, image_root, control,
              annotator=_annotator(ann.get("completed_by")), task_id=task_id,
@@ -234,8 +270,7 @@ def _add(
     task_id: int | None,
     annotation_id: int | None,
 ) -> None:
-    sample_id = task_data.get("sample_id")
-    sample_id = str(sample_id) if sample_id not in (None, "") else None
+    sample_id = _sample_id(task_data)
     try:
         uri = task_data.get("image")
         if not isinstance(uri, str) or not uri:

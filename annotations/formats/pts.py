@@ -146,12 +146,12 @@ def read_pts_folder(
     """
     root = Path(folder)
     if not root.is_dir():
-        raise FormatError(f"{root}: not a folder; give the folder that holds the .pts files and their images")
+        raise FormatError(f"{root}: not a folder — give the folder that holds the .pts files and their images")
     pattern = "**/*" if recursive else "*"
     files = sorted(p for p in root.glob(pattern) if p.suffix.lower() == ".pts" and p.is_file())
     if not files:
         raise FormatError(
-            f"{root}: no .pts files found{' (searched sub-folders too)' if recursive else ''}; "
+            f"{root}: no .pts files found{' (searched sub-folders too)' if recursive else ''} — "
             "a 300W folder holds <name>.pts beside <name>.jpg/.png"
         )
     builder = ImportBuilder(

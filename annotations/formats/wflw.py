@@ -84,7 +84,7 @@ def read_wflw(
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError as e:
-        raise FormatError(f"{path}: cannot read the annotation file ({e.strerror or e})") from None
+        raise FormatError(f"{path}: cannot read the annotation file ({e.strerror or e}) — check the path") from None
     builder = ImportBuilder(source=str(path), scheme=scheme, dataset=dataset or path.stem, allow_missing=allow_missing)
     n = scheme.num_landmarks
     shape_errors: Counter[int] = Counter()
@@ -112,10 +112,11 @@ def read_wflw(
         count, _ = shape_errors.most_common(1)[0]
         hint = ""
         if (count - _TAIL) % 2 == 0 and count > _TAIL:
-            hint = f" (lines have {(count - _TAIL) // 2} landmarks: use the scheme with that many)"
+            hint = f"lines have {(count - _TAIL) // 2} landmarks: import with the scheme that has that many"
         raise FormatError(
             f"{path}: no line has the {2 * n + _TAIL} values of a WFLW line for scheme {scheme.name!r} "
-            f"(2x{n} coordinates + 4 box + 6 attributes + image name); most have {count}{hint}"
+            f"(2x{n} coordinates + 4 box + 6 attributes + image name); most have {count} — "
+            f"{hint or 'check that it is a WFLW annotation file'}"
         )
     return builder.result()
 

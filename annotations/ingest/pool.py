@@ -50,7 +50,7 @@ def list_pool_files(
     """All candidate files of a pool folder, sorted: hidden files and label sidecars left out."""
     root = Path(folder)
     if not root.is_dir():
-        raise FormatError(f"{root}: not a folder; give the folder that holds the pool images")
+        raise FormatError(f"{root}: not a folder — give the folder that holds the pool images")
     ignore = {s.lower() for s in ignore_suffixes}
     files = root.rglob("*") if recursive else root.iterdir()
     out = []
@@ -86,18 +86,19 @@ def read_boxes_file(path: str | Path, root: str | Path) -> tuple[dict[str, list[
     try:
         text = p.read_text(encoding="utf-8-sig")
     except OSError as e:
-        raise FormatError(f"{p}: cannot read the box file ({e.strerror or e})") from None
+        raise FormatError(f"{p}: cannot read the box file ({e.strerror or e}) — check the --boxes path") from None
     rows: list[tuple[str, dict[str, Any]]] = []
     if p.suffix.lower() == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise FormatError(
-                f"{p}: not valid JSON (line {e.lineno}: {e.msg}); a box file is a list of {{image, box, score}}"
+                f"{p}: not valid JSON (line {e.lineno}: {e.msg}) — a box file is a list of {{image, box, score}}"
             ) from None
         if not isinstance(data, list):
             raise FormatError(
-                f'{p}: a JSON box file is a list of {{"image": ..., "box": [x0, y0, x1, y1], "score": ...}}'
+                f"{p}: not a list — a JSON box file is a list of "
+                '{"image": ..., "box": [x0, y0, x1, y1], "score": ...}'
             )
         for i, item in enumerate(data):
             if not isinstance(item, dict):
@@ -116,7 +117,7 @@ def read_boxes_file(path: str | Path, root: str | Path) -> tuple[dict[str, list[
         header = [h.strip() for h in reader.fieldnames or []]
         if header[:5] != ["image", "x0", "y0", "x1", "y1"]:
             raise FormatError(
-                f"{p}: wrong header {header[:6]}; a CSV box file starts with image,x0,y0,x1,y1 (then score)"
+                f"{p}: wrong header {header[:6]} — a CSV box file starts with image,x0,y0,x1,y1 (then score)"
             )
         for i, row in enumerate(reader):
             rows.append((f"line {i + 2}", {k.strip(): v for k, v in row.items() if k is not None}))
@@ -201,11 +202,16 @@ def build_pool(
         scheme: Only sizes the empty landmarks array ``(0, N, 2)``; pools carry no labels.
 
     Raises:
-        FormatError: the folder or box file cannot be used at all.
+        FormatError: the folder holds no file, or it or the box file cannot be used at all.
         annotations.ingest.detect.DetectorUnavailable: the detector cannot run here.
     """
     root = Path(folder)
     candidates = [Path(f) for f in files] if files is not None else list_pool_files(root, recursive)
+    if not candidates:
+        raise FormatError(
+            f"{root}: no files in the folder{' or its sub-folders' if recursive else ''} (hidden files and .pts "
+            "sidecars are left out) — give the folder that holds the pool images"
+        )
     builder = ImportBuilder(
         source=str(root), scheme=scheme, dataset=dataset or root.resolve().name, stage="pool", round=None
     )
