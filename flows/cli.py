@@ -8,11 +8,14 @@ PIPSTC_LABEL_STUDIO_TOKEN (the token only ever from the environment).
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
-from pathlib import Path
+import traceback
 from typing import Any
+
+from flows.errors import EXIT_FAILED, EXIT_OK
 
 __all__ = ["main"]
 
@@ -27,8 +30,13 @@ typical session:
   pipstc run ./store --rounds 5 --schedule paper      round 0 + five STC rounds
   pipstc run ./store --schedule stld                  round 0 + STLD's rounds (pretraining, shrink regression)
   pipstc review pull ./store                          bring reviewers' corrections in
+  pipstc rejects ./store --stage import               every row that could not be used, with the reason
   pipstc report ./store                               print the latest round report
   pipstc demo                                         everything above on synthetic faces
+
+exit status: 0 done; 1 nothing usable came out (every row rejected, no face found) or an unexpected
+error; 2 the command could not run as given (usage, an unreadable input file, a store or config
+problem: the one-line message says what to fix; --debug adds the traceback); 130 interrupted.
 """
 
 
@@ -49,7 +57,9 @@ def _config(args: argparse.Namespace) -> dict[str, Any] | None:
     base = STCConfig.demo() if getattr(args, "small", False) else STCConfig()
     overrides: dict[str, Any] = {}
     if getattr(args, "config", None):
-        overrides |= json.loads(Path(args.config).read_text())
+        from flows.preflight import read_config_file
+
+        overrides |= read_config_file(args.config)
     for key in ("epochs", "schedule", "dask_address", "review_budget"):
         val = getattr(args, key, None)
         if val is not None:
@@ -66,12 +76,26 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_import(report: dict[str, Any], as_json: bool) -> int:
+    """The import's summary (or its JSON report); exit status 1 when no row could be imported."""
+    from flows.ingest_steps import summarise_import
+
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print("\n".join(summarise_import(report)))
+    if report["faces"] == 0:
+        print(f"error: {report['source']}: nothing imported, every row was rejected — fix the rows listed "
+              f"above and import again", file=sys.stderr)  # fmt: skip
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from flows.ingest_steps import ingest_source
 
     report = ingest_source(args.store, args.source, args.format, split=args.split, dataset=args.dataset)
-    print(json.dumps(report, indent=2))
-    return 0
+    return _print_import(report, args.json)
 
 
 def cmd_pool_add(args: argparse.Namespace) -> int:
@@ -80,11 +104,41 @@ def cmd_pool_add(args: argparse.Namespace) -> int:
     report = ingest_source(
         args.store, args.folder, "pool", dataset=args.dataset, detector=args.detector, boxes_file=args.boxes
     )
-    print(json.dumps(report, indent=2))
-    return 0
+    return _print_import(report, args.json)
+
+
+def cmd_rejects(args: argparse.Namespace) -> int:
+    from flows.rejects import REJECT_CSV_COLUMNS, find_rejects, format_reject, reject_records, summarise_rejects
+
+    frame = find_rejects(args.store, round=args.round, stage=args.stage, source=args.source)
+    records = reject_records(frame)
+    if args.csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(REJECT_CSV_COLUMNS))
+        writer.writeheader()
+        writer.writerows(records)
+    else:
+        for row in records:
+            print(format_reject(row))
+    stages = sorted(find_rejects(args.store)["stage"].unique()) if frame.empty else []
+    print(summarise_rejects(frame, stages), file=sys.stderr)
+    return EXIT_OK
+
+
+def _preflight(args: argparse.Namespace, k: int) -> None:
+    """Every precondition of round k, checked before Prefect starts (flows.preflight)."""
+    from flows.errors import ConfigFileError
+    from flows.preflight import preflight_round
+
+    try:
+        config = _config(args)
+    except (ValueError, TypeError) as e:
+        where = args.config or "options"
+        raise ConfigFileError(where, f"invalid config: {e}", "fix or remove the field named") from None
+    preflight_round(args.store, k, config)
 
 
 def cmd_round(args: argparse.Namespace) -> int:
+    _preflight(args, args.round)
     from flows.stc import stc_round
 
     result = stc_round(args.store, args.round, _config(args))
@@ -93,6 +147,7 @@ def cmd_round(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    _preflight(args, args.start)
     from flows.stc import stc
 
     config = _config(args)
@@ -128,6 +183,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     out = predict_images(args.checkpoint, args.images, args.output, boxes_file=args.boxes, overlay_dir=args.overlay)
     print(f"wrote landmarks of {out['faces']} faces to {args.output} ({out['failed']} images failed)")
+    for line in out["skipped"][:5]:
+        print(f"  skipped {line}", file=sys.stderr)
     return 0
 
 
@@ -206,6 +263,7 @@ def _add_store_commands(sub: Any) -> None:
     s.add_argument("--format", required=True, choices=["pts", "wflw", "coco", "csv", "labelstudio"])
     s.add_argument("--split", choices=["train", "holdout"], help="force a split (default: by a stable hash)")
     s.add_argument("--dataset", help="dataset name recorded with each sample")
+    s.add_argument("--json", action="store_true", help="print the import report as JSON")
     s.set_defaults(fn=cmd_import)
 
     s = sub.add_parser("pool", help="manage the unlabeled pool")
@@ -216,8 +274,16 @@ def _add_store_commands(sub: Any) -> None:
     a.add_argument("--detector", default="yuface", choices=["yuface", "haar"], help="embedded face detector")
     a.add_argument("--boxes", help="CSV/JSON of face boxes to use instead of the detector")
     a.add_argument("--dataset")
+    a.add_argument("--json", action="store_true", help="print the import report as JSON")
     a.set_defaults(fn=cmd_pool_add)
 
+    s = sub.add_parser("rejects", help="list the inputs the store could not use: file, row/line, reason")
+    s.add_argument("store")
+    s.add_argument("--round", type=int, help="only rejects of this round (imports are round 0)")
+    s.add_argument("--stage", help="only this stage: import, pool, pseudo, review")
+    s.add_argument("--source", help="only rejects of this file, or of files under this folder")
+    s.add_argument("--csv", action="store_true", help="CSV with stage, round, source, location, reason, ...")
+    s.set_defaults(fn=cmd_rejects)
 
 
 def _add_round_commands(sub: Any) -> None:
@@ -323,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error (anywhere on the line)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_store_commands(sub)
     _add_round_commands(sub)
@@ -332,14 +399,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _report_error(exc: BaseException, debug: bool) -> int:
+    """Print ``error: <where>: <what> — <fix>`` (the traceback first with --debug); return the exit status."""
+    from flows.errors import explain
+
+    if debug:
+        traceback.print_exception(exc)
+    lines, code = explain(exc)
+    for line in lines:
+        print(f"error: {line}", file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     _env_defaults()
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug is accepted after the command too (`pipstc import ... --debug`), where a user types it
+    debug = "--debug" in argv or os.environ.get("PIPSTC_DEBUG", "") not in ("", "0")
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
     try:
         return int(args.fn(args) or 0)
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - every error becomes one line and an exit status
+        return _report_error(e, debug)
 
 
 if __name__ == "__main__":

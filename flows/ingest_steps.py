@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -9,7 +10,16 @@ import pandas as pd
 
 from annotations.store import Store
 
-__all__ = ["export_labels", "ingest_source"]
+__all__ = ["export_labels", "ingest_source", "summarise_import"]
+
+SHOWN_REJECTS = 5  # rejects an import summary shows; `pipstc rejects` lists them all
+
+
+def _local(path: str | None) -> str | None:
+    """A local path made absolute, so rejects name the file whatever folder the listing runs from."""
+    if path is None or "://" in path:
+        return path
+    return str(Path(path).resolve())
 
 
 def ingest_source(
@@ -21,13 +31,19 @@ def ingest_source(
     detector: str = "yuface",
     boxes_file: str | None = None,
 ) -> dict[str, Any]:
-    """Import ``source`` into the store; returns counts (new samples, new labels, rejects).
+    """Import ``source`` into the store; returns counts (faces read, new samples, new labels, rejects).
 
     ``format`` is a dataset format (pts, wflw, coco, csv, labelstudio) for human-labeled faces, or
     ``pool`` for a folder of unlabeled images. Importing the same source twice adds nothing: sample
-    ids are content hashes and label ids are deterministic.
+    ids are content hashes and label ids are deterministic, and ``new_labels`` counts only the labels
+    written now. Every row that could not be used is recorded as a reject (``pipstc rejects``), also
+    when no row could be used at all: then nothing else is written.
+
+    Raises:
+        annotations.formats.FormatError: the source as a whole cannot be read (nothing is written).
     """
     store = Store.open(store_url)
+    source, boxes_file = str(_local(source)), _local(boxes_file)
     if format == "pool":
         from annotations.ingest.pool import build_pool
 
@@ -40,20 +56,52 @@ def ingest_source(
         if split is not None:
             result.samples["split"] = split
     with store.lock():
-        new_samples = store.add_samples(result.samples)
-        new_labels = store.add_labels(result.labels, result.landmarks) if len(result.labels) else []
+        new_samples = store.add_samples(result.samples) if len(result.samples) else 0
+        new_labels = store.add_labels(result.labels, result.landmarks).new if len(result.labels) else ()
         if len(result.rejects):
             store.add_rejects(result.rejects)
-    splits = store.samples().set_index("sample_id").loc[result.samples["sample_id"], "split"].value_counts()
+    splits = pd.Series(dtype=object)
+    if len(result.samples):
+        splits = store.samples().set_index("sample_id").loc[result.samples["sample_id"], "split"].value_counts()
+    shown = result.rejects.head(SHOWN_REJECTS)
     return {
+        "store": store.url,
         "source": source,
+        "stage": "pool" if format == "pool" else "import",
         "faces": int(len(result.samples)),
         "new_samples": int(new_samples),
         "new_labels": len(new_labels),
         "rejects": int(len(result.rejects)),
         "splits": {str(k): int(v) for k, v in splits.items()},
-        "reject_reasons": result.rejects["reason"].head(5).tolist() if len(result.rejects) else [],
+        "reject_reasons": shown["reason"].tolist(),
+        "first_rejects": [
+            {"source": r.source, "location": r.location, "reason": r.reason} for r in shown.itertuples(index=False)
+        ],
     }
+
+
+def summarise_import(report: dict[str, Any]) -> list[str]:
+    """The lines ``pipstc import`` / ``pipstc pool add`` print for an :func:`ingest_source` report.
+
+    The first line is ``<source>: <n> imported (...), <m> rejected``; then the first rejects, each
+    naming its file, row and reason, and the command that lists all of them.
+    """
+    from flows.rejects import format_reject
+
+    new = f"{report['new_samples']} new samples"
+    if report["stage"] == "import":
+        new += f", {report['new_labels']} new labels"
+    if report["faces"] and not report["new_samples"] and not report["new_labels"]:
+        new += ": all already in the store"
+    splits = ", ".join(f"{k} {v}" for k, v in sorted(report["splits"].items()))
+    new += f"; {splits}" if splits else ""
+    lines = [f"{report['source']}: {report['faces']} imported ({new}), {report['rejects']} rejected"]
+    lines += ["  rejected " + format_reject(r) for r in report["first_rejects"]]
+    if report["rejects"]:
+        more = report["rejects"] - len(report["first_rejects"])
+        head = f"  ... and {more} more; all" if more > 0 else "  all"
+        lines.append(f"{head} rejects: pipstc rejects {report['store']} --stage {report['stage']}")
+    return lines
 
 
 def export_labels(store_url: str, output: str, format: str, split: str | None = None) -> int:

@@ -10,7 +10,36 @@ import cv2
 import numpy as np
 import pandas as pd
 
-__all__ = ["predict_images"]
+__all__ = ["OUTPUT_SUFFIXES", "find_faces", "predict_images"]
+
+OUTPUT_SUFFIXES = (".csv", ".json", ".parquet")
+
+
+def find_faces(images: str | Path, detector: str, boxes_file: str | None) -> Any:
+    """The faces to predict (an :class:`annotations.formats.ImportResult` of pool samples).
+
+    ``images`` is a folder (walked recursively) or one image file.
+
+    Raises:
+        flows.errors.NothingFound: no face in any image (each image's reason is in the message's count).
+    """
+    from annotations.ingest.pool import build_pool
+    from flows.errors import NothingFound
+
+    src = Path(images)
+    files = [src] if src.is_file() else None
+    found = build_pool(str(src.parent if files else src), detector=detector, boxes_file=boxes_file, dataset="predict",
+                       files=files)  # fmt: skip
+    if len(found.samples) == 0:
+        reasons = found.rejects["reason"].value_counts()
+        why = "; ".join(f"{n}x {r}" for r, n in reasons.head(3).items()) or "no image files"
+        fix = (
+            "check that the box file names these images and its boxes lie inside them"
+            if boxes_file
+            else "give the face boxes with --boxes FILE (CSV image,x0,y0,x1,y1), or try --detector haar"
+        )
+        raise NothingFound(src, f"no face to predict ({why})", fix)
+    return found
 
 
 def predict_images(
@@ -22,15 +51,21 @@ def predict_images(
     detector: str = "yuface",
     crop_scale: float | None = None,
 ) -> dict[str, Any]:
-    """Find faces (detector or box file), predict landmarks, write CSV/JSON/Parquet (+ overlays)."""
+    """Find faces (detector or box file), predict landmarks, write CSV/JSON/Parquet (+ overlays).
+
+    Raises:
+        flows.errors.NothingFound: no face in any image (nothing is written).
+        flows.errors.UserError: an ``output`` that is not .csv, .json or .parquet.
+    """
     from annotations.ingest.boxmap import BoxMapping
     from annotations.ingest.crops import inference_crop_boxes
-    from annotations.ingest.pool import build_pool
     from flows.config import STCConfig
+    from flows.errors import UserError
     from pipnet_core.predict import Predictor
 
-    src = Path(images)
-    found = build_pool(str(src), detector=detector, boxes_file=boxes_file, dataset="predict")
+    if Path(output).suffix not in OUTPUT_SUFFIXES:
+        raise UserError(output, "unknown output type", f"name the --output file {', '.join(OUTPUT_SUFFIXES)}")
+    found = find_faces(images, detector, boxes_file)
     faces = found.samples.reset_index(drop=True)
     boxmap = Path(checkpoint).with_name("boxmap.json")
     mapping = BoxMapping.from_dict(json.loads(boxmap.read_text())) if boxmap.exists() else BoxMapping.identity()
@@ -73,8 +108,11 @@ def predict_images(
             for x, y in pred.landmarks[i]:
                 cv2.circle(img, (int(round(x)), int(round(y))), 2, (0, 0, 255), -1)
             cv2.imwrite(str(Path(overlay_dir) / f"{i:05d}-{Path(face['image_uri']).stem}.jpg"), img)
+    skipped = [f"{r['source']}: {r['reason']}" for r in found.rejects.to_dict("records")]
+    skipped += [f"{faces['image_uri'][i]}: {reason}" for i, reason in pred.failed]
     return {
         "faces": len(rows),
         "failed": len(failed) + len(found.rejects),
+        "skipped": skipped,
         "landmarks": np.asarray(pred.landmarks).shape,
     }

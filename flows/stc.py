@@ -22,6 +22,8 @@ from annotations.store import Store
 from flows import tasks
 from flows.calibration import with_review_thresholds
 from flows.config import STCConfig
+from flows.errors import missing_extra
+from flows.preflight import preflight_round
 
 __all__ = [
     "ROUND_STEPS",
@@ -61,7 +63,11 @@ def next_round(store_url: str) -> int:
 
 def _task_runner(cfg: STCConfig) -> Any:
     if cfg.dask_address:
-        from prefect_dask import DaskTaskRunner
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError:
+            feature = f"dask_address {cfg.dask_address}: pool labeling on Dask"
+            raise missing_extra(feature, "prefect-dask", "dask") from None
 
         return DaskTaskRunner(address=cfg.dask_address)
     return ThreadPoolTaskRunner(max_workers=cfg.max_workers)
@@ -99,6 +105,7 @@ def _label_pool(store: str, round: int, cfg: STCConfig) -> dict[str, Any]:
 @flow(name="stc-round", log_prints=True)
 def stc_round(store: str, round: int, config: dict[str, Any] | None = None) -> dict[str, Any]:
     """One STC round on ``store``: sync reviews, train, evaluate, calibrate, pseudo-label, push reviews, report."""
+    preflight_round(store, round, config)  # every precondition, in seconds, before a step writes anything
     cfg = resolve_config(store, round, config)
     cfg_json = cfg.to_json()
     sync = tasks.pull_reviews(store, round)

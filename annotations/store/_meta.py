@@ -54,8 +54,8 @@ def read_meta(sfs: StoreFS) -> dict[str, Any]:
         raw = sfs.read_bytes(path)
     except FileNotFoundError:
         raise StoreError(
-            f"{sfs.show(sfs.root)}: no pipstc store here ({META_NAME} missing); create one with "
-            "Store.create(url, scheme) (CLI: `pipstc init`)"
+            f"{sfs.show(sfs.root)}: no pipstc store here ({META_NAME} missing) — check the path, or create one with "
+            f"`pipstc init {sfs.show(sfs.root)} --scheme 300w` (Python: Store.create(url, scheme))"
         ) from None
     try:
         meta = json.loads(raw)

@@ -38,11 +38,14 @@ def test_init_import_export_round_trip(tmp_path: Path, capsys: pytest.CaptureFix
     images = write_dataset(faces, 5, small, seed=3)
     store = str(tmp_path / "store")
     assert main(["init", store, "--scheme", "300w"]) == 0
-    assert main(["import", store, str(faces), "--format", "pts", "--split", "train"]) == 0
-    report = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    capsys.readouterr()
+    assert main(["import", store, str(faces), "--format", "pts", "--split", "train", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
     assert report["new_samples"] == 5 and report["new_labels"] == 5
     assert main(["import", store, str(faces), "--format", "pts", "--split", "train"]) == 0  # again: adds nothing
-    assert '"new_samples": 0' in capsys.readouterr().out
+    assert "5 imported (0 new samples, 0 new labels: all already in the store; train 5), 0 rejected" in (
+        capsys.readouterr().out
+    )
     out = tmp_path / "labels.csv"
     assert main(["export", store, str(out), "--format", "csv"]) == 0
     rows = list(csv.DictReader(out.open()))
