@@ -281,9 +281,17 @@ def load_scheme(path: str | Path) -> Scheme:
     p = Path(path)
     text = p.read_text()
     if p.suffix.lower() in (".yaml", ".yml"):
-        import yaml  # optional dependency, only for YAML schemes
-
-        data = yaml.safe_load(text)
+        try:
+            import yaml  # the `yaml` extra: only YAML schemes need it
+        except ImportError:
+            raise SchemeError(
+                f"{p}: YAML schemes need PyYAML, which is not installed — pip install 'pipstc[yaml]', "
+                "or write the scheme as JSON"
+            ) from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise SchemeError(f"{p}: not valid YAML ({' '.join(str(e).split())}) — fix the file") from None
     else:
         try:
             data = json.loads(text)
