@@ -21,6 +21,7 @@ from annotations.ingest.crops import inference_crop_boxes
 from annotations.store import Store
 from flows.checkpoints import checkpoint_path
 from flows.config import STCConfig
+from flows.errors import UserError
 from pipnet_core.schemes import Scheme
 
 __all__ = [
@@ -116,7 +117,7 @@ def predict_holdout(store: Store, k: int, cfg: STCConfig) -> HoldoutPrediction:
     """Run round k's model on every holdout face (crops from the round's box mapping)."""
     hold = store.holdout()
     if len(hold) == 0:
-        raise RuntimeError(f"{store.url} has no holdout faces with human labels: evaluation needs some")
+        raise UserError(store.url, "no holdout faces with human labels", "import labeled faces with --split holdout")
     samples = store.samples().set_index("sample_id").loc[hold.frame["sample_id"]].reset_index()
     boxes = inference_crop_boxes(samples, round_mapping(store, k), cfg.crop_scale)
     # measured as the pool is labeled (flip-averaged or plain, as the policy labels), so the calibrated

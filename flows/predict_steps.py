@@ -36,7 +36,7 @@ def find_faces(images: str | Path, detector: str, boxes_file: str | None) -> Any
         fix = (
             "check that the box file names these images and its boxes lie inside them"
             if boxes_file
-            else "give the face boxes with --boxes FILE (CSV image,x0,y0,x1,y1), or try --detector haar"
+            else "give the face boxes with --boxes FILE (CSV image,x0,y0,x1,y1)"
         )
         raise NothingFound(src, f"no face to predict ({why})", fix)
     return found
@@ -65,6 +65,8 @@ def predict_images(
 
     if Path(output).suffix not in OUTPUT_SUFFIXES:
         raise UserError(output, "unknown output type", f"name the --output file {', '.join(OUTPUT_SUFFIXES)}")
+    if not Path(checkpoint).is_file():
+        raise UserError(checkpoint, "checkpoint not found", "give a round's <store>/rounds/round=<k>/model.pt")
     found = find_faces(images, detector, boxes_file)
     faces = found.samples.reset_index(drop=True)
     boxmap = Path(checkpoint).with_name("boxmap.json")

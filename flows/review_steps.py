@@ -19,6 +19,7 @@ from annotations.review.cli_helpers import pull_if_configured, push_or_export, s
 from annotations.review.client import ReviewUnavailable
 from annotations.store import Store
 from flows.config import STCConfig
+from flows.errors import UserError
 
 __all__ = [
     "CORRECTION_EVENT",
@@ -35,7 +36,8 @@ CORRECTION_EVENT = "pipstc.review.correction"
 def _latest_pseudo_round(store: Store) -> int:
     rounds = sorted(set(store.labels(source="pseudo").frame["round"].astype(int)))
     if not rounds:
-        raise RuntimeError(f"{store.url} has no pseudo-labels yet: run a round first (`pipstc round STORE 0`)")
+        fix = f"run a round first: `pipstc round {store.url} 0`"
+        raise UserError(store.url, "no pseudo-labels yet, so nothing to review", fix)
     return rounds[-1]
 
 

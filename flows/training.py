@@ -23,6 +23,7 @@ from annotations.store import Store
 from annotations.store.training import TrainingSet, training_set
 from flows.checkpoints import checkpoint_path, has_checkpoint, is_local
 from flows.config import STCConfig
+from flows.errors import UserError
 from pipnet_core.config import TrainConfig
 from pipnet_core.stages import Stage, StageSamples, describe_stage, stage_samples
 
@@ -113,12 +114,13 @@ def train_round(store_url: str, k: int, cfg: STCConfig, progress: bool = True) -
         "stages": [{"name", "epochs", "checkpoint", "start", "init_from", "groups"}]}``.
 
     Raises:
-        RuntimeError: no labeled faces, or the policy's last stage does not write ``model.pt``.
+        flows.errors.UserError: no labeled faces to train on.
+        RuntimeError: the policy's last stage does not write ``model.pt``.
     """
     store = Store.open(store_url)
     data = training_set(store, k)
     if not len(data):
-        raise RuntimeError(f"round {k}: no labeled faces to train on in {store_url}; import human labels first")
+        raise UserError(store_url, f"round {k} has no labeled faces to train on", "import human labels first")
     stages = cfg.policy().stages(k, lineage=has_checkpoint(store, k - 1, PRETRAIN_CHECKPOINT))
     if stages[-1].checkpoint != "model.pt":
         raise RuntimeError(f"schedule {cfg.schedule!r}: the last stage of round {k} must write model.pt")

@@ -225,6 +225,21 @@ def test_every_command_reports_a_missing_store_in_one_line(
     assert line.startswith(f"error: {missing}: no pipstc store here") and "pipstc init" in line
 
 
+def test_push_before_any_round_and_a_missing_checkpoint_are_one_line_user_errors(
+    store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = _run(["review", "push", store], capsys)
+    assert code == 2 and _error_lines(err) == [
+        f"error: {store}: no pseudo-labels yet, so nothing to review — run a round first: `pipstc round {store} 0`"
+    ]
+    good_faces(tmp_path / "imgs", 1)
+    missing = tmp_path / "model.pt"
+    code, _, err = _run(["predict", str(missing), str(tmp_path / "imgs"), "--output", str(tmp_path / "o.csv")], capsys)
+    assert code == 2 and _error_lines(err) == [
+        f"error: {missing}: checkpoint not found — give a round's <store>/rounds/round=<k>/model.pt"
+    ]
+
+
 def test_an_unknown_format_is_a_usage_error(store: str, tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["import", store, str(tmp_path), "--format", "ibug"])
