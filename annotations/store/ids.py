@@ -1,5 +1,4 @@
-"""Sample ids: a content hash of the image bytes and the face box (docs/store.md section 4.1); what a label write
-returns.
+"""Sample ids, a content hash of the image bytes and the face box (docs/store.md section 4.1); label-write results.
 
 The same face in the same image file always gets the same id, whatever its path, so adding a folder
 twice adds nothing (the store drops ids it already holds). Two faces of one image differ by their box.
