@@ -83,7 +83,7 @@ def ingest_source(
 def summarise_import(report: dict[str, Any]) -> list[str]:
     """The lines ``pipstc import`` / ``pipstc pool add`` print for an :func:`ingest_source` report.
 
-    The first line is ``<source>: <n> imported (...), <m> rejected``; then the first rejects, each
+    The first line is ``<source>: <n> imported, <m> rejected (<what was new>)``; then the first rejects, each
     naming its file, row and reason, and the command that lists all of them.
     """
     from flows.rejects import format_reject
@@ -95,7 +95,7 @@ def summarise_import(report: dict[str, Any]) -> list[str]:
         new += ": all already in the store"
     splits = ", ".join(f"{k} {v}" for k, v in sorted(report["splits"].items()))
     new += f"; {splits}" if splits else ""
-    lines = [f"{report['source']}: {report['faces']} imported ({new}), {report['rejects']} rejected"]
+    lines = [f"{report['source']}: {report['faces']} imported, {report['rejects']} rejected ({new})"]
     lines += ["  rejected " + format_reject(r) for r in report["first_rejects"]]
     if report["rejects"]:
         more = report["rejects"] - len(report["first_rejects"])

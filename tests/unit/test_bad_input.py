@@ -49,7 +49,7 @@ def test_pool_add_of_only_broken_images_records_every_reject_and_exits_1(
     files = bad_images(tmp_path / "broken")
     code, out, err = _run(["pool", "add", store, str(tmp_path / "broken")], capsys)
     assert code == 1, err
-    assert f"0 imported (0 new samples), {len(files)} rejected" in out
+    assert f"0 imported, {len(files)} rejected (0 new samples)" in out
     assert "Traceback" not in err and "nothing imported" in err
     s = Store.open(store)
     assert s.samples().empty
@@ -68,7 +68,7 @@ def test_pts_import_of_only_malformed_files_records_every_reject_and_exits_1(
         (folder / f"{image.stem}_{len(name)}{name}.pts").write_text(text)  # multi-face names find the one image
     code, out, err = _run(["import", store, str(folder), "--format", "pts"], capsys)
     assert code == 1, err
-    assert f"0 imported (0 new samples, 0 new labels), {len(MALFORMED_PTS)} rejected" in out
+    assert f"0 imported, {len(MALFORMED_PTS)} rejected (0 new samples, 0 new labels)" in out
     s = Store.open(store)
     assert s.samples().empty and len(s.labels().frame) == 0
     assert len(s.rejects()) == len(MALFORMED_PTS) and set(s.rejects()["stage"]) == {"import"}
@@ -79,7 +79,7 @@ def test_an_import_with_one_good_row_exits_0(store: str, tmp_path: Path, capsys:
     good_faces(folder, 1)
     (folder / "broken.pts").write_text(MALFORMED_PTS["unclosed"])
     code, out, _ = _run(["import", store, str(folder), "--format", "pts", "--split", "train"], capsys)
-    assert code == 0 and "1 imported (1 new samples, 1 new labels; train 1), 1 rejected" in out
+    assert code == 0 and "1 imported, 1 rejected (1 new samples, 1 new labels; train 1)" in out
 
 
 def test_the_store_takes_empty_batches_and_writes_nothing(store: str) -> None:

@@ -43,7 +43,7 @@ def test_init_import_export_round_trip(tmp_path: Path, capsys: pytest.CaptureFix
     report = json.loads(capsys.readouterr().out)
     assert report["new_samples"] == 5 and report["new_labels"] == 5
     assert main(["import", store, str(faces), "--format", "pts", "--split", "train"]) == 0  # again: adds nothing
-    assert "5 imported (0 new samples, 0 new labels: all already in the store; train 5), 0 rejected" in (
+    assert "5 imported, 0 rejected (0 new samples, 0 new labels: all already in the store; train 5)" in (
         capsys.readouterr().out
     )
     out = tmp_path / "labels.csv"
