@@ -9,6 +9,12 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests check what happens, not how fast: no per-example deadline (a shared 2-core machine
+# can take seconds for an example that takes milliseconds alone; timed assertions do not belong here).
+settings.register_profile("pipstc", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("pipstc")
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
