@@ -99,12 +99,8 @@ def make_store(folder: Path, images: Path, n: int, seed: int = 0) -> Store:
 def simulate_reviewer(client: LabelStudioClient, project_id: int, edits: int) -> None:
     """Every prediction becomes an annotation (one Data Manager action), then ``edits`` annotations get
     three landmarks moved through the API, as a reviewer's drags would."""
-    client.request(
-        "POST",
-        "/api/dm/actions",
-        params={"id": "predictions_to_annotations", "project": project_id},
-        json={"selectedItems": {"all": True, "excluded": []}},
-    )
+    ls = client.sdk()
+    ls.actions.create(id="predictions_to_annotations", project=project_id, selected_items={"all": True, "excluded": []})
     tasks = list(client.iter_tasks(project_id, fields="all", include="id,annotations,result", page_size=200))
     for task in tasks[:edits]:
         ann = task["annotations"][0]
@@ -112,7 +108,7 @@ def simulate_reviewer(client: LabelStudioClient, project_id: int, edits: int) ->
         for item in result[:3]:
             item["value"]["x"] = min(99.0, item["value"]["x"] + 2.0)
             item["origin"] = "prediction-changed"
-        client.request("PATCH", f"/api/annotations/{ann['id']}", json={"result": result})
+        ls.annotations.update(id=ann["id"], result=result)
 
 
 def timed(name: str, fn: Any, transport: TimedTransport, client: LabelStudioClient) -> tuple[Any, dict[str, Any]]:

@@ -1,7 +1,7 @@
 """Human review in Label Studio: push the faces the model is least sure of, pull corrections back.
 
 Modules: :mod:`~annotations.review.config` (labeling config from a scheme),
-:mod:`~annotations.review.client` (REST client, retries, token handling),
+:mod:`~annotations.review.client` (the SDK client with retries, errors, token handling),
 :mod:`~annotations.review.project` (project and image access), :mod:`~annotations.review.convert`
 (landmarks <-> result items), :mod:`~annotations.review.push`, :mod:`~annotations.review.pull`,
 :mod:`~annotations.review.status`, :mod:`~annotations.review.selection` (which faces),
@@ -11,7 +11,7 @@ Modules: :mod:`~annotations.review.config` (labeling config from a scheme),
 :mod:`~annotations.review.export_file` (no server: an import file), :mod:`~tools.labelstudio_server`
 (start a local Label Studio), :mod:`~annotations.review.cli_helpers` (CLI/flow entry points).
 
-Importing this package is cheap; the SDK is imported only to validate predictions.
+Importing this package is cheap; the SDK (~1 s) is imported on the first request or validation.
 """
 
 from annotations.review.client import (

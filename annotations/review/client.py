@@ -1,16 +1,29 @@
-"""A small Label Studio REST client with bounded retries and errors that never show the token.
+"""The Label Studio client: the official SDK on the data path, with pipstc's rules around every call.
 
-Why not the SDK's generated client for the data path: its retry loop also re-sends non-idempotent
-POSTs (a task import retried after a read timeout can duplicate every task: the server has no dedupe,
-docs/review.md section 5.3), its error bodies are raw, and pydantic serialisation costs ~2.5 s per 1,000
-68-point tasks (docs/review.md section 9). This client speaks the same REST API (docs/review.md section 8) with
-httpx, which the SDK already depends on; :meth:`LabelStudioClient.sdk` returns the official SDK
-client on the same server and token for everything else.
+Every request goes through ``label_studio_sdk.LabelStudio`` (projects, local storage, import, tasks,
+predictions, annotations, users). This module adds what a pipeline needs around it:
 
-Tokens (docs/review.md section 2): a legacy token is sent as ``Authorization: Token <key>``; a personal
-access token (a JWT refresh token) is exchanged at ``/api/token/refresh/`` for a 5-minute access token
-sent as ``Bearer``. The token is read from ``PIPSTC_LABEL_STUDIO_TOKEN`` (or passed in) and kept in a
-private attribute: it is never logged, never in ``repr`` and never in an exception message.
+* **One retry policy, ours.** The SDK's own retries are switched off on every request
+  (``request_options={"max_retries": 0}``): its loop re-sends any method after a connection dropped
+  mid-request and on any 5xx answer, which for an import can duplicate every task (the server has no
+  dedupe, docs/review.md section 5.3). :class:`RetryPolicy` retries safe calls (reads, updates of a field)
+  with bounded, jittered backoff; a non-idempotent POST (import, prediction) is retried only when it
+  certainly did not reach the server (connection refused, or a 429/503 refusal) and otherwise raises
+  ``ReviewUnavailable(ambiguous=True)`` so the caller looks before sending again.
+* **Errors that say what to fix.** SDK errors become :class:`ReviewAuthError` (which setting to fix),
+  :class:`ReviewRequestError` (the server's message) or :class:`ReviewUnavailable` (no answer).
+* **The token is never shown.** Tokens (docs/review.md section 2): the SDK sends a legacy token as
+  ``Authorization: Token <key>`` and exchanges a personal access token (a JWT refresh token) for a
+  short-lived ``Bearer`` access token. The token is read from ``PIPSTC_LABEL_STUDIO_TOKEN`` (or passed
+  in), kept in a private attribute, never logged, never in ``repr``, redacted from every message.
+* **Plain data out.** SDK models are dumped to the JSON dicts the server sent
+  (``model_dump(mode="json", exclude_unset=True)``), so the rest of pipstc reads Label Studio's JSON
+  shapes (docs/review.md sections 4, 5 and 7) and never depends on the SDK's model classes.
+
+The SDK import costs ~1 s (pydantic models of the whole API), so it happens on the first request,
+not when this module is imported. Pagination is driven page by page here (not by the SDK's pager) so
+that each page is one retried call and a failure on page 7 does not restart at page 1; the page
+after the last answers 404, which ends the listing (docs/review.md section 7.3).
 """
 
 from __future__ import annotations
@@ -22,9 +35,9 @@ import logging
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -39,8 +52,8 @@ __all__ = [
     "ReviewError",
     "ReviewRequestError",
     "ReviewUnavailable",
-    "connect",
     "configured",
+    "connect",
 ]
 
 log = logging.getLogger(__name__)
@@ -49,6 +62,8 @@ ENV_URL = "PIPSTC_LABEL_STUDIO_URL"
 ENV_TOKEN = "PIPSTC_LABEL_STUDIO_TOKEN"
 # The server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, as seen from this machine (local stores only).
 ENV_DOCUMENT_ROOT = "PIPSTC_LABEL_STUDIO_DOCUMENT_ROOT"
+
+T = TypeVar("T")
 
 
 class ReviewError(RuntimeError):
@@ -103,10 +118,11 @@ class RetryPolicy:
         return random.uniform(0.5, 1.0) * min(self.max_delay_s, self.initial_delay_s * 2.0**attempt)
 
 
-_RETRY_STATUS = {429, 500, 502, 503, 504}
+_RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+# Answers that refuse a request before any work starts: a POST answered so was not applied.
+_REFUSED_STATUS = {429, 503}
 # Failures where the request certainly did not reach the server: safe to retry any method.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-_TRANSIENT = (httpx.TransportError,)
 
 
 def configured(url: str | None = None) -> bool:
@@ -127,15 +143,24 @@ def _jwt_claims(token: str) -> dict[str, Any] | None:
     return claims if isinstance(claims, dict) else None
 
 
+def plain(obj: Any) -> Any:
+    """An SDK model (or a list of them) as the JSON the server sent: dicts, lists, ISO time strings."""
+    if isinstance(obj, list):
+        return [plain(o) for o in obj]
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json", exclude_unset=True)
+    return obj
+
+
 class LabelStudioClient:
-    """REST client of one Label Studio server.
+    """Client of one Label Studio server, through the official SDK.
 
     Attributes:
         url: Base URL without a trailing slash.
         retry: The retry policy.
-        http_seconds: Wall time spent inside HTTP requests so far (waiting on the server and the
-            network, including JSON (de)serialisation by httpx); benchmarks compare it with total time.
-        requests: Number of HTTP requests sent (retries included).
+        http_seconds: Wall time spent inside SDK calls so far (the server, the network and the SDK's
+            (de)serialisation); benchmarks compare it with total time.
+        requests: Number of HTTP requests sent (retries and token refreshes included).
     """
 
     def __init__(
@@ -158,9 +183,11 @@ class LabelStudioClient:
         self.__token = token
         claims = _jwt_claims(token)
         self._personal = claims is not None and claims.get("token_type") == "refresh"
-        self._access: str | None = None
-        self._access_exp = 0.0
-        self._http = httpx.Client(base_url=self.url, timeout=self.retry.timeout_s, transport=transport)
+        # One connection pool for the SDK and for image checks; the hook counts every request sent.
+        self._http = httpx.Client(
+            base_url=self.url, timeout=self.retry.timeout_s, transport=transport, event_hooks={"request": [self._count]}
+        )
+        self._ls: Any = None
         self.http_seconds = 0.0
         self.requests = 0
 
@@ -168,6 +195,9 @@ class LabelStudioClient:
         return f"LabelStudioClient(url={self.url!r})"
 
     # ------------------------------------------------------------------ plumbing
+
+    def _count(self, request: httpx.Request) -> None:
+        self.requests += 1
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -179,77 +209,100 @@ class LabelStudioClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def sdk(self) -> Any:
+        """The official SDK client (``label_studio_sdk.LabelStudio``) on this server, token and pool.
+
+        Its default retries are off (pipstc retries, see the module docstring); calls made on it
+        directly get no retries and raise the SDK's own errors.
+        """
+        if self._ls is None:
+            from label_studio_sdk import LabelStudio  # ~1 s: only when Label Studio is used
+
+            # base_url and api_key always explicit: the SDK's defaults are localhost:8000 and an
+            # environment variable read at its import time (docs/review.md section 8).
+            self._ls = LabelStudio(
+                base_url=self.url,
+                api_key=self.__token,
+                httpx_client=self._http,
+                max_retries=0,
+                timeout=self.retry.timeout_s,
+            )
+        return self._ls
+
     def _redact(self, text: str) -> str:
         out = text.replace(self.__token, "***")
-        return out.replace(self._access, "***") if self._access else out
+        ls = self._ls
+        access = getattr(getattr(getattr(ls, "_client_wrapper", None), "_tokens_client", None), "_access_token", None)
+        return out.replace(access, "***") if access else out
 
-    def _auth_header(self) -> str:
-        if not self._personal:
-            return f"Token {self.__token}"
-        if self._access is None or time.time() > self._access_exp - 30:
-            self._refresh_access()
-        return f"Bearer {self._access}"
+    def _call(self, what: str, fn: Callable[[dict[str, Any]], T], *, idempotent: bool = True,
+              timeout: float | None = None) -> T:  # fmt: skip
+        """``fn(request_options)`` with the retry policy; ``what`` ("GET /api/projects") names it in errors.
 
-    def _refresh_access(self) -> None:
-        resp = self._send("POST", "/api/token/refresh/", json={"refresh": self.__token}, auth=False)
-        if resp.status_code != 200:
-            self._raise_auth(resp)
-        access = resp.json().get("access", "")
-        claims = _jwt_claims(access) or {}
-        self._access = access
-        self._access_exp = float(claims.get("exp", time.time() + 240))
+        Raises:
+            ReviewAuthError: 401/403.
+            ReviewUnavailable: no answer within the retry budget, or an ambiguous non-idempotent failure.
+            ReviewRequestError: another 4xx, or a body that is not Label Studio's.
+        """
+        from label_studio_sdk.core.api_error import ApiError
 
-    def _send(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Any = None,
-        json: Any = None,
-        auth: bool = True,
-        idempotent: bool = True,
-        timeout: float | None = None,
-    ) -> httpx.Response:
-        """One logical request with bounded retries; raises ReviewUnavailable when the budget is spent."""
-        last: str = ""
+        options = {"max_retries": 0, "timeout": timeout or self.retry.timeout_s}
+        last = ""
         for attempt in range(self.retry.attempts):
-            headers = {"Authorization": self._auth_header()} if auth else {}
-            maybe_applied = False
             t0 = time.perf_counter()
             try:
-                self.requests += 1
-                resp = self._http.request(
-                    method, path, params=params, json=json, headers=headers, timeout=timeout or self.retry.timeout_s
-                )
+                return fn(options)  # the first call also builds the SDK client, which may refuse the token
+            except ApiError as e:
+                status = int(e.status_code or 0)
+                if status not in _RETRY_STATUS:
+                    raise self._translate(what, status, e.body) from None
+                last, maybe_applied = f"HTTP {status}", status not in _REFUSED_STATUS
             except _NOT_SENT as e:
-                last = f"{type(e).__name__}: {self._redact(str(e))}"
-            except _TRANSIENT as e:  # read timeout, connection reset mid-request...
-                last = f"{type(e).__name__}: {self._redact(str(e))}"
-                maybe_applied = True
-            else:
-                if resp.status_code not in _RETRY_STATUS:
-                    return resp
-                last = f"HTTP {resp.status_code}"
-                maybe_applied = resp.status_code not in (429, 503)  # refusals before any work starts
+                last, maybe_applied = f"{type(e).__name__}: {self._redact(str(e))}", False
+            except httpx.TransportError as e:  # read timeout, connection reset mid-request...
+                last, maybe_applied = f"{type(e).__name__}: {self._redact(str(e))}", True
             finally:
                 self.http_seconds += time.perf_counter() - t0
             if maybe_applied and not idempotent:
                 raise ReviewUnavailable(
-                    f"Label Studio at {self.url}: {method} {path} failed after sending ({last}); it may or may not have"
+                    f"Label Studio at {self.url}: {what} failed after sending ({last}); it may or may not have"
                     " been applied",
                     ambiguous=True,
                 )
             if attempt + 1 < self.retry.attempts:
                 delay = self.retry.delay(attempt)
-                log.info("Label Studio %s %s: %s; retry %d in %.1f s", method, path, last, attempt + 1, delay)
+                log.info("Label Studio %s: %s; retry %d in %.1f s", what, last, attempt + 1, delay)
                 time.sleep(delay)
         raise ReviewUnavailable(
-            f"Label Studio at {self.url} did not answer {method} {path} after {self.retry.attempts} tries ({last});"
+            f"Label Studio at {self.url} did not answer {what} after {self.retry.attempts} tries ({last});"
             " is the server running? Nothing that failed was recorded: run the step again later"
         )
 
-    def _raise_auth(self, resp: httpx.Response) -> None:
-        detail = self._detail(resp)
+    def _detail(self, body: Any) -> str:
+        text = body
+        if isinstance(body, dict):
+            text = body.get("detail") or body.get("validation_errors") or body
+        return self._redact(str(text))[:500]
+
+    def _translate(self, what: str, status: int, body: Any) -> ReviewError:
+        """The pipstc error of an SDK ApiError (status 0 or < 400: a body the SDK could not read)."""
+        detail = self._detail(body)
+        if status in (401, 403):
+            if status == 403 and "permission" in detail.lower():
+                return ReviewAuthError(
+                    f"Label Studio at {self.url}: the token's user may not {what} ({detail}); use the token of a"
+                    f" user with access to the project ({ENV_TOKEN})"
+                )
+            return self._auth_error(status, detail)
+        if status < 400:
+            return ReviewRequestError(
+                f"Label Studio at {self.url}: {what} returned a body that is not Label Studio's ({detail[:120]});"
+                f" is {self.url} a Label Studio server? (set {ENV_URL})",
+                status,
+            )
+        return ReviewRequestError(f"Label Studio at {self.url}: {what} -> HTTP {status}: {detail}", status)
+
+    def _auth_error(self, status: int, detail: str) -> ReviewAuthError:
         hint = (
             f"fix {ENV_TOKEN}: use the token of a Label Studio user (Account & Settings: a personal access token,"
             " or the legacy token)."
@@ -261,133 +314,102 @@ class LabelStudioClient:
                 " --enable-legacy-api-token) on the server's first start, or enable legacy tokens in the"
                 " organisation's settings."
             )
-        raise ReviewAuthError(
-            f"Label Studio at {self.url} refused the token (HTTP {resp.status_code}: {detail}); {hint}"
-        )
-
-    def _detail(self, resp: httpx.Response) -> str:
-        try:
-            body = resp.json()
-            text = body.get("detail") or body.get("validation_errors") or body if isinstance(body, dict) else body
-        except ValueError:
-            text = resp.text
-        return self._redact(str(text))[:500]
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Any = None,
-        json: Any = None,
-        idempotent: bool | None = None,
-        timeout: float | None = None,
-    ) -> Any:
-        """Send a request and return the decoded JSON body (None for an empty body).
-
-        Args:
-            method: HTTP method.
-            path: Path under the base URL, e.g. ``/api/projects``.
-            params: Query parameters.
-            json: JSON body.
-            idempotent: Whether the request may be re-sent after a failure that happened after sending
-                (default: True for GET, PUT, PATCH, DELETE; False for POST).
-            timeout: Seconds, overriding the policy's per-request timeout.
-
-        Raises:
-            ReviewAuthError: 401/403.
-            ReviewUnavailable: no answer within the retry budget, or an ambiguous non-idempotent failure.
-            ReviewRequestError: another 4xx, with the server's message.
-        """
-        if idempotent is None:
-            idempotent = method.upper() != "POST"
-        resp = self._send(method, path, params=params, json=json, idempotent=idempotent, timeout=timeout)
-        if resp.status_code == 401 and self._personal and self._access is not None:
-            self._access = None  # the access token may have expired early: refresh once
-            resp = self._send(method, path, params=params, json=json, idempotent=idempotent, timeout=timeout)
-        if resp.status_code in (401, 403):
-            if resp.status_code == 403 and "permission" in self._detail(resp).lower():
-                raise ReviewAuthError(
-                    f"Label Studio at {self.url}: the token's user may not {method} {path}"
-                    f" ({self._detail(resp)}); use the token of a user with access to the project ({ENV_TOKEN})"
-                )
-            self._raise_auth(resp)
-        if resp.status_code >= 400:
-            raise ReviewRequestError(
-                f"Label Studio at {self.url}: {method} {path} -> HTTP {resp.status_code}: {self._detail(resp)}",
-                resp.status_code,
-            )
-        if not resp.content:
-            return None
-        try:
-            return resp.json()
-        except ValueError:
-            raise ReviewRequestError(
-                f"Label Studio at {self.url}: {method} {path} returned a non-JSON body; is {self.url} a Label Studio"
-                f" server? (set {ENV_URL})",
-                resp.status_code,
-            ) from None
+        return ReviewAuthError(f"Label Studio at {self.url} refused the token (HTTP {status}: {detail}); {hint}")
 
     # ------------------------------------------------------------------ API
 
+    def _json(self, what: str, fn: Callable[[dict[str, Any]], Any], **kw: Any) -> Any:
+        """:meth:`_call`, with the SDK's answer as plain JSON data."""
+        return plain(self._call(what, fn, **kw))
+
     def whoami(self) -> dict[str, Any]:
-        """The token's user (``/api/current-user/whoami``); checks that the token is accepted."""
-        return self.request("GET", "/api/current-user/whoami")
+        """The token's user; checks that the token is accepted."""
+        return self._json("GET /api/current-user/whoami", lambda o: self.sdk().users.whoami(request_options=o))
 
     def version(self) -> dict[str, Any]:
         """The server's version information."""
-        return self.request("GET", "/api/version")
+        return self._json("GET /api/version", lambda o: self.sdk().versions.get(request_options=o))
 
     def projects(self, title: str | None = None) -> list[dict[str, Any]]:
         """Projects visible to the token's user, optionally only those titled ``title``."""
+
+        def fetch(page: int, o: dict[str, Any]) -> Any:
+            fields = "id,title,model_version"
+            return self.sdk().projects.list(title=title, include=fields, page=page, page_size=100, request_options=o)
+
         out: list[dict[str, Any]] = []
-        page = 1
-        while True:
-            body = self.request(
-                "GET", "/api/projects", params={"page": page, "page_size": 100, "include": "id,title,model_version"}
-            )
-            items = body.get("results", []) if isinstance(body, dict) else body
-            out += [p for p in items if title is None or p.get("title") == title]
-            if not isinstance(body, dict) or not body.get("next"):
-                return out
-            page += 1
+        for page in self._pages("GET /api/projects", fetch):
+            out += [p for p in page if title is None or p.get("title") == title]  # the filter is not in every edition
+        return out
 
     def project(self, project_id: int) -> dict[str, Any]:
         """One project."""
-        return self.request("GET", f"/api/projects/{int(project_id)}")
+        pid = int(project_id)
+        return self._json(f"GET /api/projects/{pid}", lambda o: self.sdk().projects.get(id=pid, request_options=o))
 
     def create_project(self, title: str, label_config: str, **fields: Any) -> dict[str, Any]:
-        """Create a project (title of at least 3 characters, docs/review.md section 8)."""
-        return self.request("POST", "/api/projects", json={"title": title, "label_config": label_config, **fields})
+        """Create a project (title of at least 3 characters, docs/review.md section 8).
+
+        Not re-sent after a possible delivery (a second POST makes a second project); ``ensure_project``
+        looks projects up by title first, so running it again after an ambiguous failure finds it.
+        """
+
+        def create(o: dict[str, Any]) -> Any:
+            return self.sdk().projects.create(title=title, label_config=label_config, request_options=o, **fields)
+
+        return self._json("POST /api/projects", create, idempotent=False)
 
     def update_project(self, project_id: int, **fields: Any) -> dict[str, Any]:
-        """PATCH project fields, e.g. ``model_version`` (docs/review.md section 5.2)."""
-        return self.request("PATCH", f"/api/projects/{int(project_id)}", json=fields)
+        """Update project fields, e.g. ``model_version`` (docs/review.md section 5.2); safe to repeat."""
+        pid = int(project_id)
+        return self._json(
+            f"PATCH /api/projects/{pid}", lambda o: self.sdk().projects.update(id=pid, request_options=o, **fields)
+        )
 
     def import_tasks(self, project_id: int, tasks: list[dict[str, Any]]) -> list[int]:
         """Import tasks (with predictions) in one POST; returns the new task ids in order.
 
-        Never retried once sent (the server does not deduplicate); a failure after sending raises
-        ``ReviewUnavailable(ambiguous=True)`` and the caller must look at the project before importing
-        again.
+        Never re-sent once it may have reached the server (the server does not deduplicate); such a
+        failure raises ``ReviewUnavailable(ambiguous=True)`` and the caller must look at the project
+        before importing again.
         """
-        body = self.request(
-            "POST",
-            f"/api/projects/{int(project_id)}/import",
-            params={"return_task_ids": "true"},
-            json=tasks,
-            idempotent=False,
-            timeout=self.retry.import_timeout_s,
-        )
+        pid = int(project_id)
+
+        def send(o: dict[str, Any]) -> Any:
+            return self.sdk().projects.import_tasks(id=pid, request=tasks, return_task_ids=True, request_options=o)
+
+        body = self._json(f"POST /api/projects/{pid}/import", send, idempotent=False,
+                          timeout=self.retry.import_timeout_s)  # fmt: skip
         ids = body.get("task_ids") if isinstance(body, dict) else None
         if not isinstance(ids, list) or len(ids) != len(tasks):
             raise ReviewRequestError(
-                f"Label Studio at {self.url}: import into project {project_id} returned {len(ids or [])} task ids for"
+                f"Label Studio at {self.url}: import into project {pid} returned {len(ids or [])} task ids for"
                 f" {len(tasks)} tasks (an Enterprise server imports asynchronously; pipstc needs the synchronous"
                 " import of the Community edition)",
                 200,
             )
         return [int(i) for i in ids]
+
+    def _pages(self, what: str, fetch: Callable[[int, dict[str, Any]], Any]) -> Iterator[list[dict[str, Any]]]:
+        """Pages of a paginated list, each fetched as one retried call; ends at the 404 after the last."""
+        page, seen = 1, 0
+        while True:
+            try:
+                pager = self._call(f"{what} page {page}", lambda o: fetch(page, o))  # noqa: B023 - called at once
+            except ReviewRequestError as e:
+                if e.status_code == 404:  # the page after the last (docs/review.md section 7.3)
+                    return
+                raise
+            items = plain(list(pager.items or []))
+            yield items
+            seen += len(items)
+            # tasks answer with "total"; projects with "count" and "next" (None on the last page)
+            resp = pager.response
+            total = getattr(resp, "total", None) or getattr(resp, "count", None)
+            last = "next" in (getattr(resp, "model_fields_set", None) or ()) and not resp.next
+            if not items or last or (total is not None and seen >= total):
+                return
+            page += 1
 
     def iter_tasks(
         self,
@@ -408,44 +430,37 @@ class LabelStudioClient:
             fields: ``task_only`` or ``all`` (annotations, predictions and drafts).
             page_size: Tasks per request.
         """
-        params: dict[str, Any] = {"project": int(project_id), "fields": fields, "page_size": page_size}
-        if filters:
-            params["query"] = json.dumps({"filters": {"conjunction": "and", "items": filters}})
-        if include:
-            params["include"] = include
-        page = 1
-        seen = 0
-        while True:
-            try:
-                body = self.request("GET", "/api/tasks", params={**params, "page": page})
-            except ReviewRequestError as e:
-                if e.status_code == 404:  # the page after the last (docs/review.md section 7.3)
-                    return
-                raise
-            tasks = body.get("tasks", []) if isinstance(body, dict) else body
-            yield from tasks
-            seen += len(tasks)
-            total = body.get("total") if isinstance(body, dict) else None
-            if not tasks or len(tasks) < page_size or (total is not None and seen >= total):
+        pid = int(project_id)
+        query = json.dumps({"filters": {"conjunction": "and", "items": filters}}) if filters else None
+
+        def fetch(page: int, o: dict[str, Any]) -> Any:
+            return self.sdk().tasks.list(project=pid, query=query, include=include, fields=fields, page=page,
+                                         page_size=page_size, request_options=o)  # fmt: skip
+
+        for page in self._pages(f"GET /api/tasks?project={pid}", fetch):
+            yield from page
+            if len(page) < page_size:
                 return
-            page += 1
 
     def create_prediction(
         self, task_id: int, result: list[dict[str, Any]], model_version: str, score: float | None = None
     ) -> dict[str, Any]:
-        """Add a prediction to an existing task (``POST /api/predictions``, docs/review.md section 8).
+        """Add a prediction to an existing task.
 
-        Never retried once sent: the server adds a second prediction for a second POST. A failure after
-        sending raises ``ReviewUnavailable(ambiguous=True)``; look at :meth:`predictions` of the task for
-        ``model_version`` before creating it again.
+        Never re-sent after a possible delivery: the server adds a second prediction for a second
+        POST. Such a failure raises ``ReviewUnavailable(ambiguous=True)``; look at :meth:`predictions`
+        of the task for ``model_version`` before creating it again.
 
         Returns:
             The stored prediction (``id``, ``task``, ``model_version``, ``score``, ``result``, ...).
         """
-        body: dict[str, Any] = {"task": int(task_id), "result": result, "model_version": model_version}
-        if score is not None:
-            body["score"] = float(score)
-        out = self.request("POST", "/api/predictions", json=body, idempotent=False)
+        extra = {} if score is None else {"score": float(score)}
+
+        def create(o: dict[str, Any]) -> Any:
+            return self.sdk().predictions.create(task=int(task_id), result=result, model_version=model_version,
+                                                 request_options=o, **extra)  # fmt: skip
+
+        out = self._json("POST /api/predictions", create, idempotent=False)
         if not isinstance(out, dict) or "id" not in out:
             raise ReviewRequestError(
                 f"Label Studio at {self.url}: creating a prediction for task {task_id} returned no prediction id", 200
@@ -453,42 +468,48 @@ class LabelStudioClient:
         return out
 
     def predictions(self, task_id: int) -> list[dict[str, Any]]:
-        """The predictions of one task (``GET /api/predictions?task=``), with their results."""
-        body = self.request("GET", "/api/predictions", params={"task": int(task_id)})
-        return body.get("results", []) if isinstance(body, dict) else list(body or [])
+        """The predictions of one task, with their results."""
+        tid = int(task_id)
+        return self._json(f"GET /api/predictions?task={tid}", lambda o: self.sdk().predictions.list(
+            task=tid, request_options=o))  # fmt: skip
 
     def prediction(self, prediction_id: int) -> dict[str, Any]:
         """One prediction with its result."""
-        return self.request("GET", f"/api/predictions/{int(prediction_id)}")
+        i = int(prediction_id)
+        return self._json(f"GET /api/predictions/{i}", lambda o: self.sdk().predictions.get(id=i, request_options=o))
 
     def annotation(self, annotation_id: int) -> dict[str, Any]:
         """One annotation with its full result."""
-        return self.request("GET", f"/api/annotations/{int(annotation_id)}")
+        i = int(annotation_id)
+        return self._json(f"GET /api/annotations/{i}", lambda o: self.sdk().annotations.get(id=i, request_options=o))
+
+    def annotations(self, task_id: int) -> list[dict[str, Any]]:
+        """The annotations of one task (skips included), with their results."""
+        tid = int(task_id)
+        return self._json(f"GET /api/tasks/{tid}/annotations", lambda o: self.sdk().annotations.list(
+            id=tid, request_options=o))  # fmt: skip
 
     def users(self) -> list[dict[str, Any]]:
         """Users of the organisation (id, email, ...)."""
-        body = self.request("GET", "/api/users")
-        return body.get("results", []) if isinstance(body, dict) else body
+        return self._json("GET /api/users", lambda o: self.sdk().users.list(request_options=o))
 
     def local_storages(self, project_id: int) -> list[dict[str, Any]]:
         """Local Files import storages of a project."""
-        return self.request("GET", "/api/storages/localfiles", params={"project": int(project_id)})
+        pid = int(project_id)
+        return self._json(f"GET /api/storages/localfiles?project={pid}", lambda o: self.sdk().import_storage.local.list(
+            project=pid, request_options=o))  # fmt: skip
 
     def create_local_storage(self, project_id: int, path: str, title: str = "pipstc images") -> dict[str, Any]:
         """A Local Files import storage that grants the project access to images under ``path``
         (a subfolder of the server's document root; docs/review.md section 6). Not synced: tasks are imported
-        with their own data."""
-        return self.request(
-            "POST",
-            "/api/storages/localfiles",
-            json={"project": int(project_id), "path": path, "use_blob_urls": True, "title": title},
-        )
+        with their own data. Not re-sent after a possible delivery (``ensure_image_access`` lists the
+        storages first, so a rerun finds one that was made)."""
 
-    def sdk(self) -> Any:
-        """The official SDK client (``label_studio_sdk.LabelStudio``) on the same server and token."""
-        from label_studio_sdk import LabelStudio
+        def create(o: dict[str, Any]) -> Any:
+            return self.sdk().import_storage.local.create(project=int(project_id), path=path, use_blob_urls=True,
+                                                          title=title, request_options=o)  # fmt: skip
 
-        return LabelStudio(base_url=self.url, api_key=self.__token)
+        return self._json("POST /api/storages/localfiles", create, idempotent=False)
 
 
 def connect(

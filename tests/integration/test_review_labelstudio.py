@@ -258,7 +258,7 @@ def test_reviewer_work_is_pulled_exactly_once_and_updates_supersede(
     monkeypatch.setattr(pull_module, "OVERLAP_S", 0.0)
     sid = ids[1]
     W, H = int(samples.at[sid, "width"]), int(samples.at[sid, "height"])
-    first = client.request("GET", f"/api/tasks/{tasks[sid]['id']}/annotations")[0]
+    first = client.annotations(tasks[sid]["id"])[0]
     newer = copy.deepcopy(first["result"])
     for it in newer:
         if it["value"]["keypointlabels"][0] == "lm_10":

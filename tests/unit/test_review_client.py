@@ -30,16 +30,36 @@ def _client(handler, retry: RetryPolicy = FAST) -> LabelStudioClient:
     return LabelStudioClient("http://ls.test", TOKEN, retry=retry, transport=httpx.MockTransport(handler))
 
 
-def test_5xx_is_retried_with_backoff_then_succeeds() -> None:
+def test_5xx_is_retried_with_backoff_then_succeeds_through_the_sdk() -> None:
     calls = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         calls.append(request)
         assert request.headers["Authorization"] == f"Token {TOKEN}"
-        return httpx.Response(503 if len(calls) < 3 else 200, json={"ok": True})
+        return httpx.Response(503 if len(calls) < 3 else 200, json={"id": 4, "title": "faces"})
 
-    assert _client(handler).request("GET", "/api/projects") == {"ok": True}
-    assert len(calls) == 3
+    project = _client(handler).project(4)
+    assert (project["id"], project["title"]) == (4, "faces")
+    assert len(calls) == 3  # our policy's retries only: the SDK's own are off
+    assert calls[0].headers["User-Agent"].startswith("label_studio_sdk/")  # the request was the SDK's
+
+
+def test_a_failed_page_is_retried_alone_and_the_listing_ends_at_the_404_after_the_last() -> None:
+    pages: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        page = request.url.params["page"]
+        pages.append(page)
+        if page == "2" and pages.count("2") == 1:
+            return httpx.Response(502)
+        if page == "3":
+            return httpx.Response(404, json={"detail": "Invalid page."})
+        tasks = [{"id": 10 * int(page) + i, "data": {"sample_id": f"s{page}{i}"}} for i in range(2)]
+        return httpx.Response(200, json={"tasks": tasks, "total": 99, "total_annotations": 0, "total_predictions": 0})
+
+    tasks = list(_client(handler).iter_tasks(1, page_size=2))
+    assert [t["id"] for t in tasks] == [10, 11, 20, 21]
+    assert pages == ["1", "2", "2", "3"]
 
 
 def test_budget_spent_raises_unavailable_naming_the_server() -> None:
@@ -50,7 +70,7 @@ def test_budget_spent_raises_unavailable_naming_the_server() -> None:
         raise httpx.ConnectError("connection refused")
 
     with pytest.raises(ReviewUnavailable) as err:
-        _client(handler).request("GET", "/api/projects")
+        _client(handler).projects()
     assert len(calls) == FAST.attempts and "http://ls.test" in str(err.value) and not err.value.ambiguous
 
 
