@@ -7,7 +7,18 @@ snapshot b9eab58), summarised in ``docs/algorithm.md``:
 * flip tables (section 2.9): ``flip[i]`` is the landmark that lands at slot ``i`` after mirroring;
 * NME normalisation (section 2.12): the outer eye corners for 300W (36, 45), WFLW (60, 72) and COFW
   (8, 9); the face box for AFLW;
-* official mean faces (section 2.5), shipped in ``pipnet_core/data`` as normalised crop coordinates.
+* official mean faces (section 2.5), shipped in ``pipnet_core/data`` as normalised crop coordinates;
+* anatomical landmark names ("chin", "nose tip", "left eye outer corner"), which reviewers see in
+  Label Studio. Left and right are as each dataset defines them (docs/review.md section 11):
+  300W and WFLW follow the iBUG markup and name sides from the person (the person's right eye,
+  indices 36-41 of 300W, appears on the image's left in a frontal face); COFW (LFPW's 29 points) and
+  AFLW name them from the viewer (COFW's "left eye outer corner" is the outer corner of the eye on
+  the image's left). In every built-in layout the lower index of a mirrored pair lies on the
+  image's left. ``names[flip[i]]`` is ``names[i]`` with left and right swapped.
+
+Stores, checkpoints and review projects made before the names existed recorded ``lm_00``... for the
+built-ins; :func:`scheme_from_dict` reads such a description as the built-in with its names, and
+:func:`legacy_landmark_names` gives the old labels so Label Studio projects that use them keep working.
 
 Custom schemes are read from a small JSON or YAML file, see :func:`load_scheme`.
 """
@@ -27,6 +38,7 @@ __all__ = [
     "Scheme",
     "SchemeError",
     "get_scheme",
+    "legacy_landmark_names",
     "load_scheme",
     "scheme_from_dict",
 ]
@@ -159,6 +171,78 @@ def _names(prefix: str, n: int) -> tuple[str, ...]:
     return tuple(f"{prefix}{i:0{width}d}" for i in range(n))
 
 
+def legacy_landmark_names(num_landmarks: int) -> tuple[str, ...]:
+    """The names every built-in used before anatomical names: ``lm_00`` ... (two digits for 68 landmarks)."""
+    return _names("lm_", num_landmarks)
+
+
+def _jaw(per_side: int) -> tuple[str, ...]:
+    """A jaw line from the image's left end over the chin to the right end: right jaw 1..k, chin, left jaw k..1."""
+    right = tuple(f"right jaw {k}" for k in range(1, per_side + 1))
+    left = tuple(f"left jaw {k}" for k in range(per_side, 0, -1))
+    return (*right, "chin", *left)
+
+
+# The mouth of the iBUG markup (300W 48-67, WFLW 76-95): outer lip from the right corner over the upper
+# lip to the left corner and back along the lower lip, then the inner lip the same way.
+_MOUTH_IBUG = (
+    "right mouth corner", "upper lip right outer", "upper lip right peak", "upper lip top", "upper lip left peak",
+    "upper lip left outer", "left mouth corner", "lower lip left outer", "lower lip left", "lower lip bottom",
+    "lower lip right", "lower lip right outer",
+    "right inner mouth corner", "upper lip inner right", "upper lip inner middle", "upper lip inner left",
+    "left inner mouth corner", "lower lip inner left", "lower lip inner middle", "lower lip inner right",
+)  # fmt: skip
+_NOSE_BASE = ("right nostril outer", "right nostril", "nose base", "left nostril", "left nostril outer")
+
+_NAMES_300W = (
+    *_jaw(8),
+    "right brow outer end", "right brow 2", "right brow middle", "right brow 4", "right brow inner end",
+    "left brow inner end", "left brow 4", "left brow middle", "left brow 2", "left brow outer end",
+    "nose bridge top", "nose bridge 2", "nose bridge 3", "nose tip", *_NOSE_BASE,
+    "right eye outer corner", "right eye upper lid outer", "right eye upper lid inner", "right eye inner corner",
+    "right eye lower lid inner", "right eye lower lid outer",
+    "left eye inner corner", "left eye upper lid inner", "left eye upper lid outer", "left eye outer corner",
+    "left eye lower lid outer", "left eye lower lid inner",
+    *_MOUTH_IBUG,
+)  # fmt: skip
+
+_NAMES_WFLW = (
+    *_jaw(16),
+    "right brow outer corner", "right brow upper 1", "right brow upper 2", "right brow upper 3",
+    "right brow inner corner", "right brow lower 4", "right brow lower 3", "right brow lower 2", "right brow lower 1",
+    "left brow inner corner", "left brow upper 3", "left brow upper 2", "left brow upper 1", "left brow outer corner",
+    "left brow lower 1", "left brow lower 2", "left brow lower 3", "left brow lower 4",
+    "nose bridge top", "nose bridge 2", "nose bridge 3", "nose tip", *_NOSE_BASE,
+    "right eye outer corner", "right eye upper lid outer", "right eye upper lid middle", "right eye upper lid inner",
+    "right eye inner corner", "right eye lower lid inner", "right eye lower lid middle", "right eye lower lid outer",
+    "left eye inner corner", "left eye upper lid inner", "left eye upper lid middle", "left eye upper lid outer",
+    "left eye outer corner", "left eye lower lid outer", "left eye lower lid middle", "left eye lower lid inner",
+    *_MOUTH_IBUG,
+    "right pupil", "left pupil",
+)  # fmt: skip
+
+# LFPW's 29 points as COFW orders them (Burgos-Artizzu et al., ICCV 2013), left/right from the viewer.
+_NAMES_COFW = (
+    "left brow outer end", "right brow outer end", "left brow inner end", "right brow inner end",
+    "left brow top", "left brow bottom", "right brow top", "right brow bottom",
+    "left eye outer corner", "right eye outer corner", "left eye inner corner", "right eye inner corner",
+    "left eye top", "left eye bottom", "right eye top", "right eye bottom", "left pupil", "right pupil",
+    "left nostril", "right nostril", "nose tip", "nose base",
+    "left mouth corner", "right mouth corner", "upper lip top", "upper lip bottom", "lower lip top",
+    "lower lip bottom", "chin",
+)  # fmt: skip
+
+# AFLW's own point names (Koestinger et al., 2011) without the two ears of AFLW-21, left/right from the viewer.
+_NAMES_AFLW = (
+    "left brow left corner", "left brow center", "left brow right corner",
+    "right brow left corner", "right brow center", "right brow right corner",
+    "left eye left corner", "left eye center", "left eye right corner",
+    "right eye left corner", "right eye center", "right eye right corner",
+    "nose left", "nose center", "nose right", "mouth left corner", "mouth center", "mouth right corner",
+    "chin center",
+)  # fmt: skip
+
+
 def _build_300w() -> Scheme:
     flip = (16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17,
             27, 28, 29, 30, 35, 34, 33, 32, 31, 45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40,
@@ -166,7 +250,7 @@ def _build_300w() -> Scheme:
     return Scheme(
         name="300w",
         num_landmarks=68,
-        landmark_names=_names("lm_", 68),
+        landmark_names=_NAMES_300W,
         flip=flip,
         norm=(36, 45),
         regions=_ranges(jaw=(0, 17), brows=(17, 27), nose=(27, 36), eyes=(36, 48), mouth=(48, 68)),
@@ -184,7 +268,7 @@ def _build_wflw() -> Scheme:
     return Scheme(
         name="wflw",
         num_landmarks=98,
-        landmark_names=_names("lm_", 98),
+        landmark_names=_NAMES_WFLW,
         flip=flip,
         norm=(60, 72),
         regions=regions,
@@ -197,7 +281,7 @@ def _build_cofw() -> Scheme:
     return Scheme(
         name="cofw",
         num_landmarks=29,
-        landmark_names=_names("lm_", 29),
+        landmark_names=_NAMES_COFW,
         flip=flip,
         norm=(8, 9),
         regions=_ranges(brows=(0, 8), eyes=(8, 18), nose=(18, 22), mouth=(22, 28), jaw=(28, 29)),
@@ -210,7 +294,7 @@ def _build_aflw() -> Scheme:
     return Scheme(
         name="aflw",
         num_landmarks=19,
-        landmark_names=_names("lm_", 19),
+        landmark_names=_NAMES_AFLW,
         flip=flip,
         norm="box",
         regions=_ranges(brows=(0, 6), eyes=(6, 12), nose=(12, 15), mouth=(15, 18), jaw=(18, 19)),
@@ -256,6 +340,12 @@ def scheme_from_dict(d: dict[str, Any], source: str = "<dict>") -> Scheme:
     if not isinstance(n, int):
         raise SchemeError(f"{source}: num_landmarks must be an integer, got {n!r}")
     names = tuple(str(x) for x in d.get("landmark_names") or _names("lm_", n))
+    builtin = _BUILDERS.get(name.lower())
+    if builtin is not None and names == legacy_landmark_names(n):
+        # a built-in described before it had anatomical names (a store or checkpoint of an older pipstc)
+        known = get_scheme(name)
+        if known.num_landmarks == n:
+            names = known.landmark_names
     flip = d.get("flip")
     norm = d.get("norm", "box")
     regions = {str(k): tuple(int(i) for i in v) for k, v in (d.get("regions") or {"other": list(range(n))}).items()}

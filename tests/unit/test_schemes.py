@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from pipnet_core.schemes import BUILTIN_SCHEMES, SchemeError, get_scheme, load_scheme, scheme_from_dict
+from pipnet_core.schemes import (
+    BUILTIN_SCHEMES,
+    SchemeError,
+    get_scheme,
+    legacy_landmark_names,
+    load_scheme,
+    scheme_from_dict,
+)
 
 
 @pytest.mark.parametrize(("name", "n", "norm"), [("300w", 68, (36, 45)), ("wflw", 98, (60, 72)),
@@ -64,3 +72,35 @@ def test_unknown_scheme_lists_the_builtins(tmp_path: Path) -> None:
         load_scheme(bad)
     with pytest.raises(SchemeError, match="missing required key 'num_landmarks'"):
         scheme_from_dict({"name": "x"})
+
+
+def _swap_sides(name: str) -> str:
+    return re.sub(r"\b(left|right)\b", lambda m: "right" if m.group(1) == "left" else "left", name)
+
+
+@pytest.mark.parametrize("name", BUILTIN_SCHEMES)
+def test_builtin_landmark_names_are_anatomical_and_mirror_with_the_flip_table(name: str) -> None:
+    s = get_scheme(name)
+    assert not any(n.startswith("lm_") for n in s.landmark_names)
+    # a mirrored landmark is the same point of the other side: the flip table and the names agree
+    assert [s.landmark_names[s.flip[i]] for i in range(s.num_landmarks)] == [_swap_sides(n) for n in s.landmark_names]
+    assert {"chin", "nose tip"} <= set(s.landmark_names) or name == "aflw"
+    if not isinstance(s.norm, str):  # NME is normalised by the outer eye corners
+        assert {s.landmark_names[i] for i in s.norm} == {"left eye outer corner", "right eye outer corner"}
+
+
+def test_300w_names_follow_the_ibug_markup() -> None:
+    names = get_scheme("300w").landmark_names
+    assert (names[8], names[30], names[36], names[45], names[48], names[57]) == (
+        "chin", "nose tip", "right eye outer corner", "left eye outer corner", "right mouth corner", "lower lip bottom"
+    )  # fmt: skip
+
+
+def test_a_builtin_recorded_with_the_old_lm_names_reads_as_the_builtin() -> None:
+    for name in BUILTIN_SCHEMES:
+        builtin = get_scheme(name)
+        old = builtin.to_dict() | {"landmark_names": list(legacy_landmark_names(builtin.num_landmarks))}
+        assert scheme_from_dict(old) == builtin  # stores and checkpoints of older pipstc keep matching
+    assert legacy_landmark_names(68)[:2] == ("lm_00", "lm_01") and legacy_landmark_names(19)[-1] == "lm_18"
+    custom = {"name": "eyes4", "num_landmarks": 4, "norm": [0, 1]}
+    assert scheme_from_dict(custom).landmark_names == ("lm_0", "lm_1", "lm_2", "lm_3")  # custom: untouched
