@@ -32,6 +32,7 @@ from annotations.store.splits import DEFAULT_SPLITS, assign_splits
 
 __all__ = [
     "LABEL_ID_FIELDS",
+    "new_states",
     "examples",
     "first_of_each",
     "not_in",
@@ -58,7 +59,7 @@ LABEL_ID_FIELDS = (
     "parent_label_id",
 )
 _LABEL_PERSON = b"pipstc-label-v1"
-_LIST_COLUMNS = ("landmarks", "landmark_confidence", "moved")
+_LIST_COLUMNS = ("landmarks", "landmark_confidence", "moved", "visibility")
 _NULL_MARK = "\x00"  # a null in a natural key, distinct from an empty string
 _SEP = "\x1f"  # ASCII unit separator between key fields
 
@@ -188,6 +189,27 @@ def _array2(name: str, values: Any, r: int, n: int, dtype: type, what: str) -> n
     return arr.astype(dtype, copy=False)
 
 
+def _visibility(visibility: Any, lm: np.ndarray, type_: pa.DataType, what: str) -> pa.Array:
+    """(R, N) COCO visibility as an Arrow column, checked against the landmarks: 0 exactly where NaN."""
+    r, n = lm.shape[:2]
+    vis = _array2("visibility", visibility, r, n, np.int8, what)
+    bad = ~np.isin(vis, (0, 1, 2))
+    if bad.any():
+        row, i = (int(v) for v in np.argwhere(bad)[0])
+        raise StoreError(f"{what}: visibility {int(vis[row, i])} in row {row}, landmark {i}; use 0 (missing),"
+                         " 1 (occluded) or 2 (visible)")  # fmt: skip
+    missing = np.isnan(lm).any(axis=2)
+    wrong = (vis == 0) != missing
+    if wrong.any():
+        row, i = (int(v) for v in np.argwhere(wrong)[0])
+        raise StoreError(
+            f"{what}: row {row}, landmark {i} has visibility {int(vis[row, i])} but its position is"
+            f" {'NaN' if missing[row, i] else 'given'}; visibility 0 (missing) goes with NaN landmarks, 1 and 2"
+            " with positions"
+        )
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(vis).reshape(-1)), type=type_)
+
+
 def label_table(
     rows: pd.DataFrame,
     landmarks: np.ndarray,
@@ -195,6 +217,7 @@ def label_table(
     moved: np.ndarray | None,
     num_landmarks: int,
     scheme_name: str,
+    visibility: np.ndarray | None = None,
 ) -> pa.Table:
     """Validated label rows with label ids filled in (generated where absent).
 
@@ -203,6 +226,9 @@ def label_table(
         landmarks: (R, N, 2) image px (NaN = missing).
         landmark_confidence: (R, N) or None.
         moved: (R, N) bool or None.
+        num_landmarks: N of the store's scheme.
+        scheme_name: For error messages.
+        visibility: (R, N) COCO visibility (0 missing, 1 occluded, 2 visible) or None.
     """
     what = "add_labels"
     for name in _LIST_COLUMNS:
@@ -232,6 +258,8 @@ def label_table(
         given["moved"] = pa.FixedSizeListArray.from_arrays(
             pa.array(np.ascontiguousarray(mv).reshape(-1)), type=schema.field("moved").type
         )
+    if visibility is not None:
+        given["visibility"] = _visibility(visibility, lm, schema.field("visibility").type, what)
     if "label_id" not in rows.columns:
         given["label_id"] = pa.nulls(r, pa.string())
     table = _to_table(rows, schema, what, given=given, defaults={"created_at": _now()}, allow_null=("label_id",))
@@ -312,7 +340,37 @@ def examples(values: Sequence[Any], k: int = 3) -> str:
     return shown + (", ..." if len(values) > k else "")
 
 
-# Natural keys of event tables: everything but the time stamps (and the free-text note), so the same
-# event written twice (a retried sync) lands once.
-REVIEW_KEY = ("sample_id", "round", "status", "project_id", "task_id", "label_id", "annotation_id")
+# Natural keys of event tables: everything but the recording time (and the free-text note), so the same
+# event written twice (a retried sync) lands once. A review event's annotated_at (the server's time of
+# the annotation version) is part of it: a completed -> rejected -> completed flip is three events.
+REVIEW_KEY = ("sample_id", "round", "status", "project_id", "task_id", "label_id", "annotation_id", "annotated_at")
 REJECT_KEY = ("stage", "source", "location", "sample_id", "round", "reason")
+
+
+def new_states(table: pa.Table, old: pa.Table, key: Sequence[str]) -> pa.Table:
+    """Review events of ``table`` that change their sample's state, in time order.
+
+    Reviews are a state log: an event repeats only when it equals its sample's *latest* event (the
+    stored one, or the previous one of the batch). Deduplicating against the whole history instead
+    would drop the last step of a completed -> rejected -> completed flip and leave the sample rejected.
+
+    Args:
+        table: New events (``updated_at`` filled in); rows of one time are in the order they happened.
+        old: Stored events (the ``key`` columns, ``sample_id`` and ``updated_at``), in write order.
+        key: The natural key columns.
+    """
+    latest: dict[str, str] = {}
+    if old.num_rows:
+        order = np.lexsort((np.arange(old.num_rows), old["updated_at"].cast(pa.int64()).to_numpy()))
+        for sid, k in zip(old["sample_id"].take(pa.array(order)).to_pylist(),
+                          natural_keys(old, key).take(pa.array(order)).to_pylist(), strict=True):  # fmt: skip
+            latest[sid] = k  # later events overwrite earlier ones
+    order = np.lexsort((np.arange(table.num_rows), table["updated_at"].cast(pa.int64()).to_numpy()))
+    table = table.take(pa.array(order, pa.int64()))
+    keep = []
+    sids, keys = table["sample_id"].to_pylist(), natural_keys(table, key).to_pylist()
+    for i, (sid, k) in enumerate(zip(sids, keys, strict=True)):
+        if latest.get(sid) != k:
+            keep.append(i)
+            latest[sid] = k
+    return table.take(pa.array(keep, pa.int64()))

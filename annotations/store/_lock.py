@@ -40,12 +40,15 @@ import pyarrow.fs as pafs
 from annotations.store._fs import StoreFS
 from annotations.store.errors import StoreLocked
 
-__all__ = ["LOCK_NAME", "WriterLock", "writer_lock"]
+__all__ = ["LOCK_NAME", "REVIEW_LOCK_NAME", "WriterLock", "writer_lock"]
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "_writer.lock"
-GUARD_NAME = "_writer.lock.guard"
+# A second lock of the same kind that serialises Label Studio pushers (annotations.review.push), so the
+# store's writer lock is never held across HTTP calls while two pushers still cannot both import a face.
+REVIEW_LOCK_NAME = "_review.lock"
+GUARD_SUFFIX = ".guard"
 # How long a writer waits for the lock: a 1M-label write holds it for ~10 s; a whole flow step can
 # hold it longer. Override with PIPSTC_LOCK_TIMEOUT_S.
 DEFAULT_TIMEOUT_S = 600.0
@@ -59,13 +62,18 @@ _REGISTRY: dict[tuple[str, str], WriterLock] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 
-def writer_lock(sfs: StoreFS) -> WriterLock:
-    """The process-wide lock object of a store (shared by every Store instance of the same store)."""
-    key = (sfs.protocol or "local", sfs.path(LOCK_NAME))
+def writer_lock(sfs: StoreFS, name: str = LOCK_NAME) -> WriterLock:
+    """The process-wide lock object of a store (shared by every Store instance of the same store).
+
+    Args:
+        sfs: The store's filesystem.
+        name: The lock file at the store root: the writer lock, or :data:`REVIEW_LOCK_NAME`.
+    """
+    key = (sfs.protocol or "local", sfs.path(name))
     with _REGISTRY_LOCK:
         lock = _REGISTRY.get(key)
         if lock is None:
-            lock = _REGISTRY[key] = WriterLock(sfs)
+            lock = _REGISTRY[key] = WriterLock(sfs, name)
         return lock
 
 
@@ -127,9 +135,10 @@ def _pid_alive(pid: int, start: int | None) -> bool:
 class WriterLock:
     """Re-entrant (per thread) writer lock of one store; see the module docstring."""
 
-    def __init__(self, sfs: StoreFS) -> None:
+    def __init__(self, sfs: StoreFS, name: str = LOCK_NAME) -> None:
         self.sfs = sfs
-        self.path = sfs.path(LOCK_NAME)
+        self.name = name
+        self.path = sfs.path(name)
         # None: read PIPSTC_LOCK_TIMEOUT_S / PIPSTC_LOCK_STALE_S (or the defaults) at each acquire.
         self.timeout_s: float | None = None
         self.stale_after_s: float | None = None
@@ -270,7 +279,7 @@ class WriterLock:
         except ImportError:  # Windows: no flock; breaking stays check-then-delete
             yield
             return
-        fd = os.open(self.sfs.path(GUARD_NAME), os.O_CREAT | os.O_RDWR, 0o644)
+        fd = os.open(self.sfs.path(self.name + GUARD_SUFFIX), os.O_CREAT | os.O_RDWR, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

@@ -8,7 +8,18 @@ a fixed-size list of N float32 beside them.
 Vocabulary (docs/store.md section 3): ``split`` is ``train`` | ``holdout`` | ``pool``; a label's
 ``source`` is ``human`` | ``corrected`` | ``pseudo``; a pseudo-label's curriculum ``level`` is ``std`` |
 ``cls2`` | ``cls3`` (or ``review`` when routed to people and kept out of training); a review's
-``status`` is ``pushed`` | ``completed`` | ``skipped`` | ``rejected``.
+``status`` is ``pushed`` | ``completed`` | ``skipped`` | ``rejected`` | ``retracted`` (the reviewer's
+annotation was deleted in Label Studio).
+
+Per-landmark ``visibility`` follows COCO's keypoint ``v``: 0 = not labeled (the landmark is NaN),
+1 = labeled but occluded (the position is an estimate), 2 = visible; null = not recorded (every
+finite landmark counts as visible). A label row whose ``retracts`` names another label id is a
+*retraction record*: the store stays append-only, and the named label no longer counts
+(:mod:`annotations.store.retractions`).
+
+Columns added after schema version 1 was first written (:data:`ADDED_COLUMNS`) may be absent from
+older parts; readers see them as null there (a pyarrow dataset fills a missing field with nulls), so
+stores written before them open unchanged and a schema migration can list them as added columns.
 """
 
 from __future__ import annotations
@@ -17,12 +28,14 @@ import numpy as np
 import pyarrow as pa
 
 __all__ = [
+    "ADDED_COLUMNS",
     "LABEL_SOURCES",
     "LEVELS",
     "REVIEW_STATUSES",
     "SCHEMA_VERSION",
     "SOURCE_PRIORITY",
     "SPLITS",
+    "VISIBILITY",
     "SchemaMismatch",
     "check_table_schema",
     "labels_schema",
@@ -40,7 +53,12 @@ LABEL_SOURCES = ("human", "corrected", "pseudo")
 # Priority of the training view: human > corrected > pseudo.
 SOURCE_PRIORITY = {"human": 0, "corrected": 1, "pseudo": 2}
 LEVELS = ("std", "cls2", "cls3", "review")
-REVIEW_STATUSES = ("pushed", "completed", "skipped", "rejected")
+REVIEW_STATUSES = ("pushed", "completed", "skipped", "rejected", "retracted")
+# COCO keypoint visibility codes (cocodataset.org/#format-data): not labeled, occluded, visible.
+VISIBILITY = {"missing": 0, "occluded": 1, "visible": 2}
+# Nullable columns added to a table after its schema version was first written: parts written before
+# lack them and read as null there. (table -> column names, in schema order.)
+ADDED_COLUMNS = {"labels": ("visibility", "retracts"), "reviews": ("annotated_at",)}
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -108,13 +126,20 @@ def labels_schema(num_landmarks: int) -> pa.Schema:
             pa.field("parent_label_id", pa.string()),  # for corrections: the pseudo-label corrected
             pa.field("moved", _fixed(pa.bool_(), n)),  # for corrections: landmarks the person moved
             pa.field("created_at", _TS, nullable=False),
+            pa.field("visibility", _fixed(pa.int8(), n)),  # (N,) COCO v: 0 missing, 1 occluded, 2 visible
+            pa.field("retracts", pa.string()),  # a retraction record: the label id it withdraws
         ],
         metadata=_meta("labels") | {b"pipstc.num_landmarks": str(n).encode()},
     )
 
 
 def reviews_schema() -> pa.Schema:
-    """Review events; the newest row per (sample_id, project_id) is the review's state."""
+    """Review events in time order; the newest row per sample is its review's state.
+
+    ``updated_at`` is when pipstc recorded the event (one clock orders them all); ``annotated_at`` is
+    the Label Studio server's time of the annotation (or task change) a pulled event reflects, so two
+    versions of one annotation are two events.
+    """
     return pa.schema(
         [
             pa.field("sample_id", pa.string(), nullable=False),
@@ -126,6 +151,7 @@ def reviews_schema() -> pa.Schema:
             pa.field("annotation_id", pa.int64()),
             pa.field("note", pa.string()),
             pa.field("updated_at", _TS, nullable=False),
+            pa.field("annotated_at", _TS),
         ],
         metadata=_meta("reviews"),
     )
@@ -176,6 +202,9 @@ def check_table_schema(schema: pa.Schema, table: str, source: str, num_landmarks
             " upgrade pipstc (newer file) or migrate the store (older file)"
         )
     expected = table_schema(table, num_landmarks)
+    for name in ADDED_COLUMNS.get(table, ()):
+        if name not in schema.names:  # a part written before the column existed: read as null
+            expected = expected.remove(expected.get_field_index(name))
     if not schema.remove_metadata().equals(expected.remove_metadata()):
         raise SchemaMismatch(f"{source}: columns differ from the {table!r} schema version {SCHEMA_VERSION}")
 

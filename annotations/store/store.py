@@ -43,13 +43,14 @@ from annotations.store._convert import (
     first_of_each,
     label_table,
     natural_keys,
+    new_states,
     not_in,
     rejects_table,
     reviews_table,
     samples_table,
 )
 from annotations.store._fs import StoreFS, is_hidden
-from annotations.store._lock import writer_lock
+from annotations.store._lock import REVIEW_LOCK_NAME, writer_lock
 from annotations.store._meta import META_NAME, new_meta, read_meta, write_meta
 from annotations.store._parts import TABLES, Part, PartReader
 from annotations.store.errors import (
@@ -61,6 +62,7 @@ from annotations.store.errors import (
     StoreLocked,
 )
 from annotations.store.ids import LabelIds
+from annotations.store.retractions import in_force
 from annotations.store.rounds import RoundBook
 from annotations.store.schema import LABEL_SOURCES, SPLITS
 from annotations.store.splits import assign_split
@@ -215,6 +217,11 @@ class Store(RoundBook):
         """
         return self._lock.hold()
 
+    def review_lock(self) -> AbstractContextManager[None]:
+        """The lock that serialises Label Studio pushers (annotations.review.push): held across their HTTP
+        calls instead of the writer lock, so a review sync can write while a push waits on the server."""
+        return writer_lock(self._fs, REVIEW_LOCK_NAME).hold()
+
     @contextmanager
     def _writing(self, folder: str | None = None) -> Iterator[None]:
         """Hold the lock; remove leftovers of crashed writers (whole store once, then the target folder)."""
@@ -304,6 +311,7 @@ class Store(RoundBook):
         landmarks: np.ndarray,
         landmark_confidence: np.ndarray | None = None,
         moved: np.ndarray | None = None,
+        visibility: np.ndarray | None = None,
     ) -> LabelIds:
         """Append labels; rows whose ``label_id`` is already stored are skipped (retries are no-ops).
 
@@ -315,6 +323,7 @@ class Store(RoundBook):
             landmarks: (R, N, 2) image px float32, NaN = missing; N is the scheme's.
             landmark_confidence: (R, N) in [0, 1], or None.
             moved: (R, N) bool landmarks a person moved (corrections), or None.
+            visibility: (R, N) COCO visibility (0 missing = NaN landmark, 1 occluded, 2 visible), or None.
 
         Returns:
             The label id of every input row, in order (new or already stored); its ``new`` attribute
@@ -324,7 +333,8 @@ class Store(RoundBook):
             StoreError: bad columns or shapes, or samples the store does not have.
             HoldoutLeak: pseudo or corrected labels for holdout samples.
         """
-        table = label_table(rows, landmarks, landmark_confidence, moved, self.scheme.num_landmarks, self.scheme.name)
+        table = label_table(rows, landmarks, landmark_confidence, moved, self.scheme.num_landmarks, self.scheme.name,
+                            visibility)  # fmt: skip
         ids, new = table["label_id"].to_pylist(), []
         with self._writing():
             pos, split = self._split_codes(table["sample_id"])
@@ -367,11 +377,25 @@ class Store(RoundBook):
     ) -> pa.Table:
         return self._reader.read("labels", self._reader.parts("labels", round_, sources), columns)
 
-    def labels(self, round: int | None = None, source: str | None = None) -> LabelView:  # noqa: A002
-        """Every stored label (of one round and/or source), in write order."""
+    def labels(
+        self,
+        round: int | None = None,  # noqa: A002 - the pipeline's word
+        source: str | None = None,
+        *,
+        retracted: bool = False,
+    ) -> LabelView:
+        """Every stored label (of one round and/or source) in force, in write order.
+
+        Args:
+            round: Only this round.
+            source: Only this source.
+            retracted: Also retracted labels and the retraction records themselves (the whole log).
+        """
         if source is not None and source not in LABEL_SOURCES:
             raise StoreError(f"unknown label source {source!r}; use one of {', '.join(LABEL_SOURCES)}")
         t = self._read_labels(round, None if source is None else (source,))
+        if not retracted:
+            t = t.filter(pa.array(in_force(t)))
         _, split = self._split_codes(t["sample_id"])
         return build_view(t, None, split, self.scheme.num_landmarks)
 
@@ -381,7 +405,7 @@ class Store(RoundBook):
             raise StoreError(f"unknown split(s) {unknown}; use {', '.join(SPLITS)}")
         t = self._read_labels(None, sources)
         pos, split = self._split_codes(t["sample_id"])
-        keep = (pos >= 0) & np.isin(split, [SPLITS.index(s) for s in splits])
+        keep = (pos >= 0) & np.isin(split, [SPLITS.index(s) for s in splits]) & in_force(t)
         created = t["created_at"].cast(pa.int64()).to_numpy()
         rows = choose_current(pos, priorities(t["source"]), t["round"].to_numpy(), created, keep)
         if for_training and len(rows):
@@ -414,13 +438,14 @@ class Store(RoundBook):
 
     def pool_unlabeled(self) -> pd.DataFrame:
         """Pool samples without a human or corrected label (what pseudo-labelling works on)."""
-        done = self._read_labels(None, ("human", "corrected"), ["sample_id"])["sample_id"]
+        people = self._read_labels(None, ("human", "corrected"), ["sample_id", "label_id", "retracts"])
+        done = people.filter(pa.array(in_force(people)))["sample_id"]
         t = self._reader.read("samples", self._reader.parts("samples"))
         t = t.filter(pc.equal(t["split"], "pool"))
         return to_pandas(t.filter(pa.array(not_in(t["sample_id"], done.combine_chunks()))))
 
     def lineage(self, sample_id: str) -> LabelView:
-        """Every label the sample ever had, oldest first, with who/what made it.
+        """Every label the sample ever had, oldest first, with who/what made it (retractions included).
 
         Who/what: ``source``, ``round``, ``model_version``, ``annotator``, ``ls_task_id``/``ls_annotation_id``,
         ``parent_label_id`` (the pseudo-label a correction fixed), ``created_at``.
@@ -442,12 +467,13 @@ class Store(RoundBook):
 
     # ================================================================ reviews
     def add_reviews(self, rows: pd.DataFrame) -> int:
-        """Append review events (pushed | completed | skipped | rejected); repeated events are skipped.
+        """Append review events (pushed | completed | skipped | rejected | retracted) that change a state.
 
         Args:
             rows: sample_id, round, status and optional project_id, task_id, label_id, annotation_id,
-                note, updated_at (default now). An event is identified by every column but updated_at
-                and note.
+                note, updated_at (default now), annotated_at. An event is identified by every column but
+                updated_at and note; one equal to its sample's latest event is skipped (a retried write),
+                an earlier state coming back is written (see ``new_states`` in annotations.store._convert).
 
         Returns:
             The number of new events written.
@@ -471,7 +497,11 @@ class Store(RoundBook):
                     f"add_reviews: {len(bad)} holdout sample(s) ({examples(bad)}); holdout faces are never sent "
                     "to review (docs/store.md section 6): leave them out of the selection"
                 )
-            return self._append_events("reviews", folder, table, REVIEW_KEY)
+            old = self._reader.read("reviews", self._reader.parts("reviews"), [*REVIEW_KEY, "updated_at"])
+            table = new_states(table, old, REVIEW_KEY)  # a state log: only what changes a sample's state
+            if table.num_rows:
+                self._fs.write_parquet(folder, table)
+            return table.num_rows
 
     def _append_events(self, name: str, folder: str, table: pa.Table, key: Sequence[str]) -> int:
         keys = natural_keys(table, key)

@@ -32,7 +32,7 @@ __all__ = [
     "to_pandas",
 ]
 
-LIST_COLUMNS = ("landmarks", "landmark_confidence", "moved")
+LIST_COLUMNS = ("landmarks", "landmark_confidence", "moved", "visibility")
 # Every scalar column of labels_schema, in schema order (the frame of a LabelView, plus "split").
 SCALAR_COLUMNS = tuple(f.name for f in labels_schema(2) if f.name not in LIST_COLUMNS)
 _SOURCES_BY_PRIORITY = tuple(sorted(SOURCE_PRIORITY, key=SOURCE_PRIORITY.get))
@@ -53,12 +53,15 @@ class LabelView:
         landmark_confidence: (R, N) float32 (NaN where a label has none), or None when no label has any.
         moved: (R, N) bool landmarks a person moved (corrections; False elsewhere), or None when no label
             records it.
+        visibility: (R, N) int8 COCO visibility (0 missing, 1 occluded, 2 visible; rows that record none
+            get 0 for NaN landmarks and 2 otherwise), or None when no label records it.
     """
 
     frame: pd.DataFrame
     landmarks: np.ndarray
     landmark_confidence: np.ndarray | None
     moved: np.ndarray | None = None
+    visibility: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -73,6 +76,7 @@ class LabelView:
             landmarks=self.landmarks[idx],
             landmark_confidence=None if self.landmark_confidence is None else self.landmark_confidence[idx],
             moved=None if self.moved is None else self.moved[idx],
+            visibility=None if self.visibility is None else self.visibility[idx],
         )
 
     @property
@@ -211,7 +215,7 @@ def build_view(table: pa.Table, rows: np.ndarray | None, split_codes: np.ndarray
     landmarks = gather_fixed(table["landmarks"], rows, (n, 2), np.float32, np.nan)
     length = len(frame)
     arrays = {}
-    optional = (("landmark_confidence", np.float32, np.nan), ("moved", np.bool_, False))
+    optional = (("landmark_confidence", np.float32, np.nan), ("moved", np.bool_, False), ("visibility", np.int8, -1))
     for name, dtype, fill in optional:
         col = table[name]
         if col.null_count == len(col) or length == 0:
@@ -220,6 +224,14 @@ def build_view(table: pa.Table, rows: np.ndarray | None, split_codes: np.ndarray
         nulls = col.is_null().to_numpy(zero_copy_only=False)
         chosen = nulls if rows is None else nulls[rows]
         arrays[name] = None if chosen.all() else gather_fixed(col, rows, (n,), dtype, fill)
+    vis = arrays["visibility"]
+    if vis is not None:  # rows that record none: missing where NaN, visible elsewhere
+        unknown = vis[:, 0] < 0
+        vis[unknown] = np.where(np.isnan(landmarks[unknown, :, 0]), 0, 2)
     return LabelView(
-        frame=frame, landmarks=landmarks, landmark_confidence=arrays["landmark_confidence"], moved=arrays["moved"]
+        frame=frame,
+        landmarks=landmarks,
+        landmark_confidence=arrays["landmark_confidence"],
+        moved=arrays["moved"],
+        visibility=vis,
     )
