@@ -17,6 +17,8 @@ from typing import Any
 from annotations.review.candidates import faces_sent, plan_round_review
 from annotations.review.cli_helpers import pull_if_configured, push_or_export, status_report
 from annotations.review.client import ReviewUnavailable
+from annotations.review.pull import full_sync_due
+from annotations.review.push import record_pending
 from annotations.store import Store
 from flows.config import STCConfig
 from flows.errors import UserError
@@ -75,6 +77,9 @@ def push_round(
     Returns:
         The push (or import-file) report with ``round``, ``budget``, ``selected``, ``audit`` and
         ``message`` ("round k: 25 of 25 sent").
+
+    Label Studio being down does not stop a round: the selected faces are recorded as pending and the
+    next push or review sync sends them (without duplicates: annotations.review.push).
     """
     store = Store.open(store_url)
     k = _latest_pseudo_round(store) if k is None else k
@@ -88,7 +93,11 @@ def push_round(
         out_dir = None
         if "://" not in str(store.url):
             out_dir = str(store.round_path(k)).removeprefix("file://") + "/review"
-        report = push_or_export(store, ids, k, store.pseudo_labels(k), out_dir=out_dir, title=cfg.review_project)
+        labels = store.pseudo_labels(k)
+        try:
+            report = push_or_export(store, ids, k, labels, out_dir=out_dir, title=cfg.review_project)
+        except ReviewUnavailable as e:  # push_or_export keeps outages as pending; this is the round's guarantee
+            report = record_pending(store, ids, k, labels, error=str(e), title=cfg.review_project).as_dict()
         if "import_file" in report:
             report["written"] = report.get("tasks", 0)
     sent = len(faces_sent(store, k))
@@ -125,8 +134,9 @@ def announce_corrections(store: Store, label_ids: set[str]) -> int:
     return sent
 
 
-def pull_corrections(store_url: str, announce: bool = False) -> dict[str, Any]:
-    """Bring what reviewers finished since the last sync into the store (no-op without Label Studio).
+def pull_corrections(store_url: str, announce: bool = False, full: bool = False, full_every: int = 0) -> dict[str, Any]:
+    """Bring what reviewers finished since the last sync into the store (no-op without Label Studio),
+    after sending the faces an earlier outage held back.
 
     Label Studio being down does not stop a round: pulling is incremental, so what is not pulled now
     comes in with the next sync. A wrong token or URL still fails loudly.
@@ -135,11 +145,15 @@ def pull_corrections(store_url: str, announce: bool = False) -> dict[str, Any]:
         store_url: The store.
         announce: Emit a Prefect event per new correction (the review sync does; a round's own sync
             does not, because the round uses what it pulls).
+        full: Compare every task of the project with the store: finds annotations and tasks deleted
+            in Label Studio and retracts their corrections (annotations.review.pull).
+        full_every: Make every ``full_every``-th pull a full one (0: only when ``full``).
     """
     store = Store.open(store_url)
     before = set(store.labels(source="corrected").frame["label_id"].astype(str))
+    full = full or full_sync_due(store, full_every)
     try:
-        report = pull_if_configured(store)
+        report = pull_if_configured(store, full=full)
     except ReviewUnavailable as e:
         return {"configured": True, "error": str(e), "corrected": 0, "events": 0}
     report.setdefault("corrected", report.get("completed", 0) + report.get("updated", 0))

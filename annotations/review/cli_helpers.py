@@ -3,6 +3,10 @@
 Each takes a store (or its URL) and returns plain data (a dict) for printing or a Prefect artifact.
 Label Studio is reached when ``PIPSTC_LABEL_STUDIO_URL`` is set (token in
 ``PIPSTC_LABEL_STUDIO_TOKEN``); without it, pushing writes a Label Studio import file instead.
+
+A server that cannot be reached when a push starts does not fail it: the faces are kept as pending
+(:func:`~annotations.review.push.record_pending`) and the next push or sync sends them first. A
+wrong URL or token still fails loudly (ReviewConfigError, ReviewAuthError).
 """
 
 from __future__ import annotations
@@ -11,10 +15,10 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from annotations.review.client import ENV_URL, RetryPolicy, configured, connect
+from annotations.review.client import ENV_URL, RetryPolicy, ReviewUnavailable, configured, connect
 from annotations.review.export_file import write_import_file
 from annotations.review.pull import pull_reviews
-from annotations.review.push import push_reviews
+from annotations.review.push import push_pending, push_reviews, record_pending
 from annotations.review.status import review_status
 from annotations.store.views import LabelView
 
@@ -49,17 +53,37 @@ def push_or_export(
     store = _open(store)
     if not configured():
         return write_import_file(store, sample_ids, round, labels, out_dir=out_dir).as_dict()
-    with connect(retry=retry) as client:
+    try:
+        client = connect(retry=retry)
+    except ReviewUnavailable as e:  # down before anything was sent: the next push or sync sends them
+        return record_pending(store, sample_ids, round, labels, error=str(e)).as_dict()
+    with client:
         return push_reviews(store, client, sample_ids, round, labels, title=title).as_dict()
 
 
-def pull_if_configured(store: Any, *, full: bool = False, retry: RetryPolicy | None = None) -> dict[str, Any]:
-    """Pull reviewers' work when a server is configured; otherwise say so."""
+def pull_if_configured(
+    store: Any, *, full: bool = False, send_pending: bool = True, retry: RetryPolicy | None = None
+) -> dict[str, Any]:
+    """Pull reviewers' work when a server is configured; otherwise say so.
+
+    Args:
+        store: The store or its URL.
+        full: Compare every task of the project (finds deleted annotations and tasks; see
+            :func:`~annotations.review.pull.pull_reviews`).
+        send_pending: Also send the faces an earlier outage held back (``pending_sent`` in the report).
+        retry: Retry policy.
+    """
     store = _open(store)
     if not configured():
         return {"configured": False, "message": f"{ENV_URL} is not set: nothing to pull"}
     with connect(retry=retry) as client:
-        return {"configured": True, **pull_reviews(store, client, full=full).as_dict()}
+        out = {"configured": True, **pull_reviews(store, client, full=full).as_dict()}
+        sent = push_pending(store, client) if send_pending else None
+        if sent is not None:
+            out["pending_sent"] = sent.pushed + sent.recovered
+            out["pending"] = sent.pending
+            out["error"] = sent.error
+        return out
 
 
 def status_report(store: Any) -> dict[str, Any]:

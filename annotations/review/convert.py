@@ -6,11 +6,18 @@ Label Studio stores a key point as ``value.x``/``value.y`` in percent (0-100) of
     px = x * W / 100,  py = y * H / 100   and back   x = 100 * px / W,  y = 100 * py / H
 
 in float64; the round trip is exact to ~1e-13 px (docs/review.md section 4). The landmark index travels as
-the item's label (``keypointlabels[0]`` = ``scheme.landmark_names[i]``), never as its position in the
-list or its ``id`` (JSON_MIN drops ids, a re-added point gets a random id; docs/review.md section 3.2).
+the item's label (``keypointlabels[0]`` = ``scheme.landmark_names[i]``, or ``lm_XX`` in a project made
+before landmarks had names: both are read), never as its position in the list or its ``id`` (JSON_MIN
+drops ids, a re-added point gets a random id; docs/review.md section 3.2).
 
-Pulling is strict: an annotation whose landmarks are missing, repeated or carry a label the scheme
-does not know is reported with which landmarks are wrong and is not turned into a label.
+Visibility (COCO's ``v``): a landmark the reviewer deleted is missing (NaN, visibility 0); one they
+marked with the per-region choice ``occluded`` keeps its position as an estimate (visibility 1); the
+others are visible (2). The per-region choice is a result item of the ``visibility`` control with the
+``id`` of the point's region.
+
+Pulling is strict: an annotation with a landmark placed twice, a label the scheme does not know or
+an image size that differs is reported with what is wrong and is not turned into a label; so is one
+with no landmark at all (a reviewer who cannot place any should skip or reject the face).
 """
 
 from __future__ import annotations
@@ -22,8 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from annotations.review.config import CHOICES_NAME, CONTROL_NAME, IMAGE_NAME, POINT_WIDTH
-from pipnet_core.schemes import Scheme
+from annotations.review.config import (
+    CHOICES_NAME,
+    CONTROL_NAME,
+    IMAGE_NAME,
+    OCCLUDED,
+    POINT_WIDTH,
+    VISIBILITY_NAME,
+)
+from pipnet_core.schemes import Scheme, legacy_landmark_names
 
 __all__ = [
     "MOVED_TOLERANCE_PX",
@@ -61,6 +75,7 @@ def prediction_result(
     height: int,
     scheme: Scheme,
     landmark_confidence: np.ndarray | None = None,
+    names: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Result items of one face's landmarks, as a prediction shows them.
 
@@ -70,6 +85,7 @@ def prediction_result(
         height: Image height in pixels.
         scheme: Gives the label of landmark i, ``scheme.landmark_names[i]``.
         landmark_confidence: (N,) in [0, 1], shown beside each point as its ``score``.
+        names: The project's labels in scheme order, when they are not the scheme's names (``lm_XX``).
 
     Points outside the image are clipped to its border: the editor cannot show them elsewhere.
     """
@@ -82,7 +98,7 @@ def prediction_result(
     conf = None if landmark_confidence is None else np.asarray(landmark_confidence, dtype=np.float64).tolist()
     w, h = int(width), int(height)
     items = []
-    for i, name in enumerate(scheme.landmark_names):
+    for i, name in enumerate(names or scheme.landmark_names):
         x, y = pct[i]
         if not (math.isfinite(x) and math.isfinite(y)):
             continue
@@ -111,11 +127,12 @@ def prediction(
     model_version: str,
     face_confidence: float | None = None,
     landmark_confidence: np.ndarray | None = None,
+    names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """A Label Studio prediction (pre-annotation) of one face: ``{"model_version", "score", "result"}``."""
     out: dict[str, Any] = {
         "model_version": model_version,
-        "result": prediction_result(landmarks, width, height, scheme, landmark_confidence),
+        "result": prediction_result(landmarks, width, height, scheme, landmark_confidence, names),
     }
     if face_confidence is not None and np.isfinite(face_confidence):
         out["score"] = float(face_confidence)
@@ -127,11 +144,12 @@ class ParsedAnnotation:
     """One annotation's result, read back.
 
     Attributes:
-        landmarks: (N, 2) image pixels, float64; NaN where the landmark is missing.
+        landmarks: (N, 2) image pixels, float64; NaN where the landmark is missing (deleted).
+        visibility: (N,) int8 COCO visibility: 0 missing, 1 occluded (marked by the reviewer), 2 visible.
         origin: Per landmark, the item's ``origin`` (``prediction``, ``prediction-changed``,
             ``manual``) or None.
         choice: The ``face_status`` choice, or None.
-        missing: Indices of landmarks with no point.
+        missing: Indices of landmarks with no point (deleted by the reviewer: NaN, not an error).
         duplicate: Names of landmarks placed more than once.
         unknown: Labels that are not landmarks of the scheme (or items of other controls).
         size_mismatch: ``(W, H)`` of items whose image size differs from the expected one.
@@ -139,6 +157,7 @@ class ParsedAnnotation:
 
     landmarks: np.ndarray
     origin: list[str | None]
+    visibility: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int8))
     choice: str | None = None
     missing: list[int] = field(default_factory=list)
     duplicate: list[str] = field(default_factory=list)
@@ -147,15 +166,15 @@ class ParsedAnnotation:
 
     @property
     def ok(self) -> bool:
-        """True when every landmark is there exactly once and nothing unknown came along."""
-        return not (self.missing or self.duplicate or self.unknown or self.size_mismatch)
+        """True when at least one landmark is placed, none twice, and nothing unknown came along."""
+        empty = len(self.missing) == len(self.origin)
+        return not (empty or self.duplicate or self.unknown or self.size_mismatch)
 
     def problems(self, scheme: Scheme) -> str:
         """A one-line description of what is wrong, naming the landmarks."""
         parts = []
-        if self.missing:
-            names = [scheme.landmark_names[i] for i in self.missing]
-            parts.append(f"missing {len(names)} landmarks: {', '.join(names)}")
+        if len(self.missing) == len(self.origin):
+            parts.append("no landmark placed (skip the task or choose a face status instead)")
         if self.duplicate:
             parts.append(f"placed more than once: {', '.join(self.duplicate)}")
         if self.unknown:
@@ -186,14 +205,21 @@ def parse_annotation(
     Returns:
         The landmarks and everything that is wrong with them; check ``.ok`` before using them.
     """
-    index = {name: i for i, name in enumerate(scheme.landmark_names)}
     n = scheme.num_landmarks
+    index = {name: i for i, name in enumerate(legacy_landmark_names(n))}  # projects of older pipstc
+    index.update({name: i for i, name in enumerate(scheme.landmark_names)})
     out = ParsedAnnotation(landmarks=np.full((n, 2), np.nan, dtype=np.float64), origin=[None] * n)
     seen = np.zeros(n, dtype=np.int64)
+    region: dict[Any, int] = {}  # result item id -> landmark index
+    occluded: list[Any] = []  # region ids marked occluded
     for item in result or []:
         value = item.get("value", item)  # full JSON nests the value, JSON_MIN is flat
         from_name = item.get("from_name", CONTROL_NAME)
         kind = str(item.get("type", "keypointlabels")).lower()
+        if from_name == VISIBILITY_NAME:
+            if OCCLUDED in (value.get("choices") or []):
+                occluded.append(item.get("id"))
+            continue
         if from_name == CHOICES_NAME or kind == "choices":
             out.choice = _first(value.get("choices"))
             continue
@@ -219,7 +245,13 @@ def parse_annotation(
             out.size_mismatch.append((int(w), int(h)))
         out.landmarks[i] = percent_to_pixels(np.array([value["x"], value["y"]], dtype=np.float64), w, h)
         out.origin[i] = item.get("origin")
+        if item.get("id") is not None:
+            region[item["id"]] = i
     out.missing = [int(i) for i in np.flatnonzero(seen == 0)]
+    out.visibility = np.where(np.isfinite(out.landmarks[:, 0]), 2, 0).astype(np.int8)
+    for rid in occluded:
+        if rid in region and np.isfinite(out.landmarks[region[rid], 0]):
+            out.visibility[region[rid]] = 1
     return out
 
 

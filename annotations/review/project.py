@@ -4,6 +4,8 @@ One store has one review project. Its id and server are recorded in the store's 
 (``labelstudio.project_id``, ``labelstudio.url``); a store moved to another server finds or creates
 its project there by title. The project's labeling config is generated from the store's scheme; an
 existing project whose landmark labels differ from the scheme is refused rather than silently mixed.
+A project made before landmarks had anatomical names labels them ``lm_00``...: it is accepted, and
+its tasks are built and read with its own labels (:attr:`ReviewProject.labels`).
 
 Images (docs/review.md section 6): images of a local store are served by Label Studio's local files serving,
 which needs the server started with ``LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true`` and a document
@@ -18,15 +20,14 @@ from __future__ import annotations
 
 import logging
 import os
-import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlparse
 
 from annotations.review.client import ENV_DOCUMENT_ROOT, LabelStudioClient, ReviewConfigError, ReviewRequestError
-from annotations.review.config import CONTROL_NAME, labeling_config
-from pipnet_core.schemes import Scheme
+from annotations.review.config import CONTROL_NAME, config_labels, labeling_config
+from pipnet_core.schemes import Scheme, legacy_landmark_names
 
 __all__ = [
     "SETTING_PROJECT_ID",
@@ -48,11 +49,21 @@ _URL_SCHEMES = ("http", "https", "s3", "gs", "gcs", "azure-blob", "data")
 
 @dataclass(frozen=True)
 class ReviewProject:
-    """A store's review project: ``id``, ``title`` and whether it was created by this call."""
+    """A store's review project.
+
+    Attributes:
+        id: Label Studio project id.
+        title: Its title.
+        created: Whether this call created it.
+        labels: Its landmark labels in scheme order (the scheme's names, or ``lm_00``... in an older project).
+        label_config: Its labeling config (predictions are validated against it).
+    """
 
     id: int
     title: str
     created: bool = False
+    labels: tuple[str, ...] = ()
+    label_config: str = field(default="", repr=False)
 
 
 def default_title(store: Any) -> str:
@@ -61,26 +72,17 @@ def default_title(store: Any) -> str:
     return f"pipstc {name} ({store.scheme.name})"
 
 
-def _config_labels(label_config: str) -> list[str] | None:
-    try:
-        root = ET.fromstring(label_config)
-    except ET.ParseError:
-        return None
-    for control in root.iter("KeyPointLabels"):
-        if control.get("name") == CONTROL_NAME:
-            return [lab.get("value", "") for lab in control.iter("Label")]
-    return None
-
-
-def _check_config(project: dict[str, Any], scheme: Scheme) -> None:
-    labels = _config_labels(project.get("label_config") or "")
-    if labels != list(scheme.landmark_names):
-        raise ReviewConfigError(
-            f"Label Studio project {project.get('id')} ({project.get('title')!r}) does not label the {scheme.name}"
-            f" landmarks in order (its '{CONTROL_NAME}' KeyPointLabels has {len(labels or [])} labels, the scheme"
-            f" {scheme.num_landmarks}); give the store its own project (another title) or set its labeling config"
-            " to the output of `pipstc labelstudio config`"
-        )
+def _check_config(project: dict[str, Any], scheme: Scheme) -> tuple[str, ...]:
+    """The project's landmark labels, if they are the scheme's (anatomical or legacy ``lm_XX``) in order."""
+    labels = config_labels(project.get("label_config") or "")
+    if labels in (list(scheme.landmark_names), list(legacy_landmark_names(scheme.num_landmarks))):
+        return tuple(labels or ())
+    raise ReviewConfigError(
+        f"Label Studio project {project.get('id')} ({project.get('title')!r}) does not label the {scheme.name}"
+        f" landmarks in order (its '{CONTROL_NAME}' KeyPointLabels has {len(labels or [])} labels, the scheme"
+        f" {scheme.num_landmarks}); give the store its own project (another title) or set its labeling config"
+        " to the output of `pipstc labelstudio config`"
+    )
 
 
 def ensure_project(
@@ -122,13 +124,14 @@ def ensure_project(
             )
             created = True
             log.info("created Label Studio project %s (%r)", project["id"], title)
-    _check_config(project, scheme)
+    labels = _check_config(project, scheme)
     pid = int(project["id"])
     if recorded != pid:
         store.set_setting(SETTING_PROJECT_ID, pid)
     if store.get_setting(SETTING_URL) != client.url:
         store.set_setting(SETTING_URL, client.url)
-    return ReviewProject(id=pid, title=str(project.get("title", title)), created=created)
+    return ReviewProject(id=pid, title=str(project.get("title", title)), created=created, labels=labels,
+                         label_config=str(project.get("label_config") or ""))  # fmt: skip
 
 
 @dataclass(frozen=True)

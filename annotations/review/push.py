@@ -12,13 +12,18 @@ transaction:
    and bookkeeping leaves behind; they are recorded as pushed ("recovered") instead of imported twice.
    The server has no dedupe of its own (docs/review.md section 5.3).
 
-The store's writer lock is held from that look-up to the bookkeeping of the chunk, so two pushers
-cannot both find a face missing and both import it.
+Locks: a whole push runs under the store's *review lock* (:meth:`Store.review_lock`), so two pushers
+cannot both find a face missing and both import it. The store's writer lock is taken only around
+each store write (review events, settings, rejects), never across an HTTP call: a review sync
+(:mod:`~annotations.review.pull`) running meanwhile writes its corrections without waiting for the
+server to answer the push.
 
 Outages: look-ups are retried with backoff (:class:`~annotations.review.client.RetryPolicy`); an
 import is never re-sent after it may have reached the server. When the server stays away the push
 stops; faces not pushed are kept in the store setting ``labelstudio.pending_push`` and pushed first by
-the next run, after the same look-up, so nothing is lost and nothing is duplicated.
+the next push or sync (:func:`push_pending`), after the same look-up, so nothing is lost and nothing
+is duplicated. A server that is down before the push even starts (the client cannot connect) is the
+same case: :func:`record_pending` keeps the selected faces for the next run.
 
 Model versions: each task's prediction carries its round's model version, and the project shows the
 newest round pushed (the editor pre-labels only with predictions of the project's ``model_version``,
@@ -46,7 +51,7 @@ from annotations.review.refresh import open_older_reviews, refresh_open_tasks
 from annotations.review.tasks import ReviewItem, Selection, build_task, collect_items, validate_tasks
 from annotations.store.views import LabelView
 
-__all__ = ["SETTING_PENDING", "PushReport", "existing_tasks", "push_reviews"]
+__all__ = ["SETTING_PENDING", "PushReport", "existing_tasks", "push_pending", "push_reviews", "record_pending"]
 
 log = logging.getLogger(__name__)
 
@@ -215,19 +220,36 @@ def push_reviews(
     Raises:
         ReviewAuthError: the token is refused.
         ReviewConfigError: local images without a document root, or a project that does not fit.
-        ReviewUnavailable: the server is unreachable before anything could be pushed.
+
+    An outage never raises: what was not sent is pending (``report.pending``, ``report.error``).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     access = access or ImageAccess.from_env()
+    with store.review_lock():
+        return _push(store, client, sample_ids, int(round), labels, chunk_size, title, access)
+
+
+def _push(
+    store: Any,
+    client: LabelStudioClient,
+    sample_ids: Sequence[str],
+    round_: int,
+    labels: LabelView | Sequence[str] | None,
+    chunk_size: int,
+    title: str | None,
+    access: ImageAccess,
+) -> PushReport:
+    """:func:`push_reviews` under the review lock."""
     report = PushReport()
-    selection = collect_items(store, sample_ids, int(round), labels, access)
+    selection = collect_items(store, sample_ids, round_, labels, access)
     pending_before = list(store.get_setting(SETTING_PENDING) or [])
     previous = _pending_items(store, pending_before, access, skip={it.sample_id for it in selection.items})
     report.refused = {**previous.refused, **selection.refused}
     items = previous.items + selection.items  # the faces an outage held back go first
     done: set[str] = set()
     ready: list[tuple[ReviewItem, dict[str, Any]]] = []
+    project: ReviewProject | None = None
     try:
         project = ensure_project(store, client, title=title)
         report.project_id = project.id
@@ -248,9 +270,9 @@ def push_reviews(
     else:
         if not ready:
             _set_pending(store, [])
-    if report.project_id is not None:
-        _update_model_version(store, client, report.project_id, [it for it, _ in ready if it.sample_id in done], report)
-        _refresh(store, client, report.project_id, int(round), labels, report)
+    if project is not None:
+        _update_model_version(store, client, project.id, [it for it, _ in ready if it.sample_id in done], report)
+        _refresh(store, client, project, round_, labels, report)
     return report
 
 
@@ -262,23 +284,25 @@ def _push_chunk(
     report: PushReport,
     done: set[str],
 ) -> None:
-    """Import one chunk of tasks, after recovering those a crashed push already delivered."""
-    with store.lock():
-        rounds = {it.sample_id: it.round for it, _ in chunk}
-        found = existing_tasks(client, project_id, list(rounds), rounds)
-        known = [it for it, _ in chunk if it.sample_id in found]
-        if known:
-            task_ids = [int(found[it.sample_id]["id"]) for it in known]
-            store.add_reviews(_review_rows(known, task_ids, project_id, "recovered"))
-            report.recovered += len(known)
-            done.update(it.sample_id for it in known)
-        new = [(it, t) for it, t in chunk if it.sample_id not in found]
-        if new:
-            task_ids = client.import_tasks(project_id, [t for _, t in new])
-            store.add_reviews(_review_rows([it for it, _ in new], task_ids, project_id, "pushed"))
-            report.pushed += len(new)
-            report.task_ids += task_ids
-            done.update(it.sample_id for it, _ in new)
+    """Import one chunk of tasks, after recovering those a crashed push already delivered.
+
+    Runs under the review lock (the caller's); each store write takes the writer lock for itself.
+    """
+    rounds = {it.sample_id: it.round for it, _ in chunk}
+    found = existing_tasks(client, project_id, list(rounds), rounds)
+    known = [it for it, _ in chunk if it.sample_id in found]
+    if known:
+        task_ids = [int(found[it.sample_id]["id"]) for it in known]
+        store.add_reviews(_review_rows(known, task_ids, project_id, "recovered"))
+        report.recovered += len(known)
+        done.update(it.sample_id for it in known)
+    new = [(it, t) for it, t in chunk if it.sample_id not in found]
+    if new:
+        task_ids = client.import_tasks(project_id, [t for _, t in new])
+        store.add_reviews(_review_rows([it for it, _ in new], task_ids, project_id, "pushed"))
+        report.pushed += len(new)
+        report.task_ids += task_ids
+        done.update(it.sample_id for it, _ in new)
 
 
 def _shown(store: Any, project_id: int) -> tuple[int, str] | None:
@@ -292,12 +316,13 @@ def _shown(store: Any, project_id: int) -> tuple[int, str] | None:
 def _refresh(
     store: Any,
     client: LabelStudioClient,
-    project_id: int,
+    project: ReviewProject,
     round_: int,
     labels: LabelView | Sequence[str] | None,
     report: PushReport,
 ) -> None:
     """Give the project's open tasks of older rounds the shown round's prediction (module docstring)."""
+    project_id = project.id
     shown = _shown(store, project_id)
     if shown is None:
         return
@@ -307,7 +332,8 @@ def _refresh(
         return
     # The caller's labels are the pushed round's; for another round (an outage's leftovers of an older
     # round pushed now) the store's pseudo-labels of the round shown are used.
-    res = refresh_open_tasks(store, client, project_id, shown_round, version, labels if shown_round == round_ else None)
+    res = refresh_open_tasks(store, client, project_id, shown_round, version, labels if shown_round == round_ else None,
+                             names=project.labels or None, label_config=project.label_config or None)  # fmt: skip
     report.refreshed, report.not_refreshed = res.refreshed, res.not_refreshed
     if res.error is not None:
         report.error = report.error or res.error
@@ -323,8 +349,8 @@ def _validated(
 ) -> list[tuple[ReviewItem, dict[str, Any]]]:
     """Tasks of ``todo`` whose predictions pass the SDK's validation; the others become rejects."""
     scheme = store.scheme
-    tasks = [build_task(it, scheme) for it in todo]
-    errors = validate_tasks(tasks, labeling_config(scheme))
+    tasks = [build_task(it, scheme, project.labels or None) for it in todo]
+    errors = validate_tasks(tasks, project.label_config or labeling_config(scheme))
     failed = [(it, err) for it, err in zip(todo, errors, strict=True) if err]
     _reject_failed(store, project, failed)
     report.failed = len(failed)
@@ -358,3 +384,54 @@ def _update_model_version(
     except ReviewUnavailable as e:  # the tasks are in; the next push sets it again
         log.warning("could not set the project's model version: %s", e)
         report.error = report.error or str(e)
+
+
+def record_pending(
+    store: Any,
+    sample_ids: Sequence[str],
+    round: int,  # noqa: A002 - the pipeline's word
+    labels: LabelView | Sequence[str] | None = None,
+    *,
+    error: str,
+    access: ImageAccess | None = None,
+) -> PushReport:
+    """Keep faces for the next push or sync when Label Studio cannot be reached at all.
+
+    The faces are resolved as a push would (refusals reported the same way) and added after the
+    faces already pending; nothing is sent.
+
+    Args:
+        store: The label store.
+        sample_ids: Faces selected for review.
+        round: The round whose labels would be shown.
+        labels: The labels to show (as for :func:`push_reviews`).
+        error: Why Label Studio was unreachable (kept in the report).
+        access: Image access (default: ``$PIPSTC_LABEL_STUDIO_DOCUMENT_ROOT``).
+
+    Returns:
+        ``pending``: every face now waiting (earlier ones included); ``error``.
+    """
+    access = access or ImageAccess.from_env()
+    selection = collect_items(store, sample_ids, int(round), labels, access)
+    with store.review_lock():
+        before = list(store.get_setting(SETTING_PENDING) or [])
+        have = {p.get("sample_id") for p in before}
+        added = [
+            {"sample_id": it.sample_id, "round": it.round, "label_id": it.label_id}
+            for it in selection.items
+            if it.sample_id not in have
+        ]
+        if added:
+            store.set_setting(SETTING_PENDING, before + added)
+    log.warning("Label Studio unavailable: %d faces pending for the next push or sync (%s)", len(before) + len(added),
+                error)  # fmt: skip
+    return PushReport(pending=len(before) + len(added), refused=selection.refused, error=error)
+
+
+def push_pending(store: Any, client: LabelStudioClient, *, title: str | None = None) -> PushReport | None:
+    """Send the faces an outage held back (``labelstudio.pending_push``); None when there are none."""
+    pending = store.get_setting(SETTING_PENDING) or []
+    if not pending:
+        return None
+    newest = max(int(p["round"]) for p in pending)
+    return push_reviews(store, client, [], newest, title=title)

@@ -19,8 +19,9 @@ Idempotency: ``POST /api/predictions`` is not idempotent (the server adds a seco
 never re-sent after a failure that may have reached the server
 (:meth:`~annotations.review.client.LabelStudioClient.create_prediction`). Instead, right before
 creating, the task is asked which model versions its predictions have; a task that has the shown
-version already gets nothing. The look-up and the creations of a batch run under the store's writer
-lock, so two pushers do not both find a task missing its prediction. A refresh cut short by an
+version already gets nothing. The look-up and the creations of a batch run under the store's review
+lock (a push holds it throughout), so two pushers do not both find a task missing its prediction,
+and the writer lock stays free for a review sync. A refresh cut short by an
 outage is finished by the next push, after the same look-up.
 """
 
@@ -146,6 +147,9 @@ def refresh_open_tasks(
     round_: int,
     model_version: str,
     labels: LabelView | Sequence[str] | None = None,
+    *,
+    names: Sequence[str] | None = None,
+    label_config: str | None = None,
 ) -> RefreshResult:
     """Add round ``round_``'s prediction to the project's open tasks of older rounds.
 
@@ -158,6 +162,8 @@ def refresh_open_tasks(
             prediction of another version would not be shown either).
         labels: Round ``round_``'s labels (a LabelView or label ids); samples without one there fall
             back to the store's pseudo-labels of the round.
+        names: The project's landmark labels (default the scheme's names).
+        label_config: The project's labeling config, to validate against (default the generated one).
 
     Returns:
         The counts. An outage, or a look-up the server refuses, stops the refresh (``error``); what is
@@ -179,12 +185,12 @@ def refresh_open_tasks(
         if it.model_version != model_version:
             why_not[sid] = f"its round-{round_} label has model version {it.model_version!r}, the project shows"
             why_not[sid] += f" {model_version!r}"
-    config = labeling_config(store.scheme)
+    config = label_config or labeling_config(store.scheme)
     try:
         for start in range(0, len(sids), REFRESH_BATCH):
             batch = list(zip(sids[start : start + REFRESH_BATCH], task_ids[start : start + REFRESH_BATCH], strict=True))
-            with store.lock():
-                _refresh_batch(store, client, project_id, batch, items, why_not, model_version, config, result)
+            with store.review_lock():
+                _refresh_batch(store, client, project_id, batch, items, why_not, (model_version, config, names), result)
     except (ReviewUnavailable, ReviewRequestError) as e:  # the tasks are pushed: report, do not raise
         result.error = str(e)
         # Every open task not accounted for yet still lacks the prediction (as far as we know).
@@ -200,11 +206,14 @@ def _refresh_batch(
     batch: list[tuple[str, Any]],
     items: dict[str, ReviewItem],
     why_not: dict[str, str],
-    model_version: str,
-    config: str,
+    shown: tuple[str, str, Sequence[str] | None],
     result: RefreshResult,
 ) -> None:
-    """Look up one batch of (sample id, task id) and add the prediction where it is missing."""
+    """Look up one batch of (sample id, task id) and add the prediction where it is missing.
+
+    ``shown`` is (model version, labeling config, project labels or None).
+    """
+    model_version, config, names = shown
     found = _lookup(client, project_id, [s for s, _ in batch])
     need: list[tuple[ReviewItem, int]] = []
     for sid, tid in batch:
@@ -222,7 +231,7 @@ def _refresh_batch(
             result.not_refreshed += 1
         else:
             need.append((items[sid], int(task["id"])))
-    preds = [build_prediction(it, store.scheme) for it, _ in need]
+    preds = [build_prediction(it, store.scheme, names) for it, _ in need]
     errors = validate_tasks([{"predictions": [p]} for p in preds], config)
     _reject_invalid(store, project_id, [(it, t, e) for (it, t), e in zip(need, errors, strict=True) if e])
     for (it, tid), pred, err in zip(need, preds, errors, strict=True):

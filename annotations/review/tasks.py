@@ -3,8 +3,11 @@
 A task (docs/review.md section 5.1) carries in ``data`` the image URL and pipstc's own ids (``sample_id``,
 ``round``, ``label_id`` of the pseudo-label shown; never keys named ``id``, ``annotator`` or the control
 name, which collide in JSON_MIN exports), plus the face's scores so reviewers can sort by them in the
-Data Manager; its prediction is the pseudo-label (``model_version`` = the round's model, ``score``
-= face confidence, per-landmark ``score`` = landmark confidence). A task still open when a later round
+Data Manager and the ``doubts`` line the editor shows above the image: the
+:data:`DOUBTS_SHOWN` landmarks the model is least sure of, by name, with their scores. Its prediction
+is the pseudo-label (``model_version`` = the round's model, ``score`` = face confidence, per-landmark
+``score`` = landmark confidence, shown beside each point), labelled with the project's own labels
+(the scheme's names, or ``lm_XX`` in a project made before them). A task still open when a later round
 is pushed gets that round's pseudo-label as a second prediction (:func:`refresh_items`,
 :mod:`~annotations.review.refresh`), built and validated the same way. Predictions are validated with the
 SDK's offline ``LabelInterface`` before they leave, because the server accepts anything and only the
@@ -22,24 +25,30 @@ from typing import Any
 import numpy as np
 
 from annotations.review.client import ReviewConfigError
-from annotations.review.config import IMAGE_NAME
+from annotations.review.config import DOUBTS_NAME, IMAGE_NAME
 from annotations.review.convert import prediction
 from annotations.review.project import ImageAccess, image_location
 from annotations.store.views import LabelView
 from pipnet_core.schemes import Scheme
 
 __all__ = [
+    "DOUBTS_SHOWN",
     "ReviewItem",
     "Selection",
     "build_prediction",
     "build_task",
     "collect_items",
+    "doubts_text",
     "newest_per_sample",
     "refresh_items",
     "resolve_labels",
     "shown_model_version",
     "validate_tasks",
 ]
+
+
+# Landmarks named on a task as the model's least sure: enough to guide the eye, few enough to read.
+DOUBTS_SHOWN = 5
 
 
 @dataclass
@@ -238,9 +247,9 @@ def refresh_items(
     return sel
 
 
-def build_prediction(item: ReviewItem, scheme: Scheme) -> dict[str, Any]:
+def build_prediction(item: ReviewItem, scheme: Scheme, names: Sequence[str] | None = None) -> dict[str, Any]:
     """The prediction of one face: ``model_version`` = the round's model, ``score`` = face confidence,
-    per-landmark ``score`` = landmark confidence."""
+    per-landmark ``score`` = landmark confidence; ``names`` = the project's labels (default the scheme's)."""
     return prediction(
         item.landmarks,
         item.width,
@@ -249,23 +258,41 @@ def build_prediction(item: ReviewItem, scheme: Scheme) -> dict[str, Any]:
         model_version=item.model_version,
         face_confidence=item.face_confidence,
         landmark_confidence=item.landmark_confidence,
+        names=names,
     )
 
 
-def build_task(item: ReviewItem, scheme: Scheme) -> dict[str, Any]:
-    """The Label Studio task of one face, with its prediction."""
+def doubts_text(landmark_confidence: np.ndarray | None, scheme: Scheme, k: int = DOUBTS_SHOWN) -> str:
+    """The task's ``doubts`` line: the ``k`` least confident landmarks by name, with their scores.
+
+    Args:
+        landmark_confidence: (N,) in [0, 1] (NaN: none), or None.
+        scheme: Gives the names.
+        k: How many to name.
+    """
+    conf = None if landmark_confidence is None else np.asarray(landmark_confidence, dtype=np.float64)
+    if conf is None or not np.isfinite(conf).any():
+        return "The model gave no per-landmark confidence for this face."
+    order = np.argsort(np.where(np.isfinite(conf), conf, np.inf), kind="stable")[: min(k, int(np.isfinite(conf).sum()))]
+    listed = ", ".join(f"{scheme.landmark_names[i]} ({conf[i]:.2f})" for i in order)
+    return f"Least sure (check these first): {listed}"
+
+
+def build_task(item: ReviewItem, scheme: Scheme, names: Sequence[str] | None = None) -> dict[str, Any]:
+    """The Label Studio task of one face, with its prediction (labels ``names``, default the scheme's)."""
     data: dict[str, Any] = {
         IMAGE_NAME: item.image,
         "sample_id": item.sample_id,
         "round": item.round,
         "label_id": item.label_id,
         "model_version": item.model_version,
+        DOUBTS_NAME: doubts_text(item.landmark_confidence, scheme),
     }
     if item.face_confidence is not None:
         data["face_confidence"] = round(item.face_confidence, 4)
     if item.predicted_nme is not None:
         data["predicted_nme"] = round(item.predicted_nme, 5)
-    return {"data": data, "predictions": [build_prediction(item, scheme)]}
+    return {"data": data, "predictions": [build_prediction(item, scheme, names)]}
 
 
 def _signature(pred: dict[str, Any]) -> tuple[Any, ...]:

@@ -23,10 +23,10 @@ from annotations.review.client import (
     ReviewUnavailable,
     connect,
 )
-from annotations.review.config import labeling_config
+from annotations.review.config import config_labels, labeling_config
 from annotations.review.convert import parse_annotation
 from annotations.review.export_file import write_import_file
-from annotations.review.project import ImageAccess, _config_labels, default_title
+from annotations.review.project import ImageAccess, default_title
 from annotations.review.pull import pull_reviews
 from annotations.review.push import push_reviews
 from annotations.review.status import review_status
@@ -111,7 +111,7 @@ def test_push_50_faces_with_predictions_and_push_again_adds_nothing(
     pid = store.get_setting("labelstudio.project_id")
     assert pid == report.project_id
     project = client.project(pid)
-    assert _config_labels(project["label_config"]) == list(SCHEME.landmark_names)  # the server kept our config
+    assert config_labels(project["label_config"]) == list(SCHEME.landmark_names)  # the server kept our config
     assert project["model_version"] == MODEL
 
     tasks = project_tasks(client, pid)

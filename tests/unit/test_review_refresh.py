@@ -6,6 +6,8 @@ staged; the same flow against a real Label Studio is tested in tests/integration
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +181,6 @@ def test_create_prediction_is_sent_once_and_not_resent_after_sending() -> None:
     with pytest.raises(ReviewUnavailable) as err:
         client.create_prediction(7, [], "m2", 0.5)
     assert err.value.ambiguous and len(calls) == 2
-    assert calls[1].method == "POST" and calls[1].url.path == "/api/predictions"
-    assert calls[1].read() == b'{"task":7,"result":[],"model_version":"m2","score":0.5}'
+    assert calls[1].method == "POST" and calls[1].url.path.rstrip("/") == "/api/predictions"
+    assert json.loads(calls[1].read()) == {"task": 7, "result": [], "model_version": "m2", "score": 0.5}
     assert client.create_prediction(7, [], "m2")["id"] == 5
