@@ -7,7 +7,6 @@ staged; the same flow against a real Label Studio is tested in tests/integration
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 from typing import Any
 
