@@ -104,21 +104,33 @@ def summarise_import(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _visibility(view: Any) -> np.ndarray:
+    """(R, N) COCO visibility of a view's labels (2 where a label records none and the point is set)."""
+    if view.visibility is not None:
+        return view.visibility
+    return np.where(np.isnan(view.landmarks[..., 0]), 0, 2).astype(np.int8)
+
+
 def export_labels(store_url: str, output: str, format: str, split: str | None = None) -> int:
-    """Write each sample's current label (human > corrected > pseudo) in ``format``; returns the count."""
+    """Write each sample's current label (human > corrected > pseudo) in ``format``; returns the count.
+
+    CSV files carry where each label came from (``source``, ``round``, ``model_version``, ``annotator``);
+    COCO writes each landmark's visibility (``v`` = 0 missing, 1 occluded, 2 visible).
+    """
     from annotations.formats import write_coco, write_csv, write_pts
 
     store = Store.open(store_url)
     splits = (split,) if split else ("train", "pool", "holdout")
-    view = store.current_labels(splits=tuple(s for s in splits if s != "holdout"), for_training=False)
-    frames, marks = [view.frame], [view.landmarks]
+    views = [store.current_labels(splits=tuple(s for s in splits if s != "holdout"), for_training=False)]
     if "holdout" in splits:
-        hold = store.holdout()
-        frames.append(hold.frame)
-        marks.append(hold.landmarks)
-    frame = pd.concat(frames, ignore_index=True)
-    landmarks = np.concatenate(marks) if marks else np.zeros((0, store.scheme.num_landmarks, 2), np.float32)
+        views.append(store.holdout())
+    frame = pd.concat([v.frame for v in views], ignore_index=True)
+    landmarks = np.concatenate([v.landmarks for v in views])
     samples = store.samples().set_index("sample_id").loc[frame["sample_id"]].reset_index()
-    writer = {"pts": write_pts, "coco": write_coco, "csv": write_csv}[format]
-    writer(output, samples, landmarks, store.scheme)
+    for col in ("source", "round", "model_version", "annotator"):
+        samples[col] = frame[col].to_numpy()
+    if format == "coco":
+        write_coco(output, samples, landmarks, store.scheme, visibility=np.concatenate([_visibility(v) for v in views]))
+    else:
+        {"pts": write_pts, "csv": write_csv}[format](output, samples, landmarks, store.scheme)
     return len(frame)

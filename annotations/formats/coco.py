@@ -189,24 +189,33 @@ def write_coco(
     scheme: Scheme,
     image_root: str | Path | None = None,
     category_name: str = "face",
+    visibility: np.ndarray | None = None,
 ) -> Path:
     """Write labels as COCO keypoints JSON (round-trip exact).
 
     Args:
         path: Output ``.json``.
         samples: Rows with ``image_uri``, ``width``, ``height`` and ``box``, aligned with ``landmarks``.
-        landmarks: (R, N, 2) image pixels; NaN is written as ``0, 0, v=0``, others with ``v=2``.
+        landmarks: (R, N, 2) image pixels; NaN is written as ``0, 0, v=0``.
         scheme: Its landmark names become the category's keypoints.
         image_root: ``file_name`` is written relative to it (default: the JSON's folder) when under it.
         category_name: The one category's name.
+        visibility: (R, N) COCO ``v`` of the landmarks (1 = occluded, as a reviewer marked it; 2 =
+            visible); None: 2 for every landmark with a position.
     """
     lms = np.asarray(landmarks, dtype=np.float32)
     check_export(samples, lms, scheme, ["image_uri", "width", "height", "box"])
+    if visibility is None:
+        vis = np.where(np.isnan(lms[..., 0]), 0, 2)
+    else:
+        vis = np.asarray(visibility, dtype=np.int64)
+        if vis.shape != lms.shape[:2]:
+            raise ValueError(f"visibility must have shape (R, N) = {lms.shape[:2]}, got {vis.shape}")
     p = Path(path)
     root = image_root if image_root is not None else p.parent
     images: dict[str, dict[str, Any]] = {}
     annotations: list[dict[str, Any]] = []
-    for row, pts in zip(samples.to_dict("records"), lms, strict=True):
+    for row, pts, v_row in zip(samples.to_dict("records"), lms, vis, strict=True):
         uri = str(row["image_uri"])
         if uri not in images:
             images[uri] = {
@@ -216,11 +225,11 @@ def write_coco(
                 "height": int(row["height"]),
             }
         keypoints: list[float | int] = []
-        for x, y in pts:
+        for (x, y), v in zip(pts, v_row, strict=True):
             if np.isnan(x) or np.isnan(y):
                 keypoints += [0, 0, 0]
             else:
-                keypoints += [float(x), float(y), 2]
+                keypoints += [float(x), float(y), 1 if int(v) == 1 else 2]
         x0, y0, x1, y1 = (float(v) for v in np.asarray(row["box"], dtype=np.float32))
         annotations.append(
             {

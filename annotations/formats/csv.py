@@ -4,8 +4,12 @@ Header (N = the scheme's landmark count)::
 
     image,box_x0,box_y0,box_x1,box_y1,x0,y0,x1,y1,...,x{N-1},y{N-1}
 
-optionally followed by ``split``, ``dataset`` and ``annotator``. ``image`` is a path, relative to
-``image_root`` (default: the CSV's folder) unless absolute. The four box cells may all be empty: the
+optionally followed by ``split``, ``dataset`` and ``annotator``, and, in files ``pipstc export`` wrote,
+``source``, ``round`` and ``model_version`` (where each label came from). ``image`` is a path,
+relative to ``image_root`` (default: the CSV's folder) unless absolute. Reading such a file imports
+people's labels only: a row whose ``source`` is ``pseudo`` is a model's label and becomes a reject
+that says so (clear its source cell to import it as a person's label); ``round`` and
+``model_version`` are informational. The four box cells may all be empty: the
 box is then the tight box of the landmarks. An empty landmark cell is a missing landmark (NaN),
 rejected unless ``allow_missing``. Numbers are written with Python's shortest round-trip repr, so a
 write followed by a read gives the same float32 values.
@@ -38,7 +42,9 @@ from pipnet_core.schemes import Scheme
 __all__ = ["csv_header", "read_csv", "write_csv"]
 
 _BOX = ("box_x0", "box_y0", "box_x1", "box_y1")
-_OPTIONAL = ("split", "dataset", "annotator")
+_OPTIONAL = ("split", "dataset", "annotator", "source", "round", "model_version")
+# Label columns pipstc's export writes after the sample columns (the label each face trains on).
+_LABEL_COLUMNS = ("source", "round", "model_version", "annotator")
 
 
 def csv_header(num_landmarks: int) -> list[str]:
@@ -158,6 +164,10 @@ def read_csv(
             if not image_name:
                 builder.reject(where, "field image is empty")
                 continue
+            if "source" in col and row[col["source"]].strip() == "pseudo":
+                builder.reject(where, "field source: a pseudo-label (a model's, exported by pipstc), not a person's;"
+                               " clear the source cell to import it as a person's label")  # fmt: skip
+                continue
             annotator = (row[col["annotator"]].strip() or None) if "annotator" in col else None
             row_dataset = (row[col["dataset"]].strip() or None) if "dataset" in col else None
             builder.add(where, resolve_image(image_name, root), landmarks, box=box, annotator=annotator, split=split,
@@ -176,8 +186,8 @@ def write_csv(
 
     Args:
         path: Output ``.csv``.
-        samples: Rows with ``image_uri`` and ``box`` (and ``split``/``dataset`` if present), aligned
-            with ``landmarks``.
+        samples: Rows with ``image_uri`` and ``box`` (and ``split``/``dataset`` and the label columns
+            ``source``, ``round``, ``model_version``, ``annotator`` if present), aligned with ``landmarks``.
         landmarks: (R, N, 2) image pixels; NaN becomes an empty cell.
         scheme: Checked against N.
         image_root: Image paths are written relative to it (default: the CSV's folder) when under it.
@@ -187,7 +197,7 @@ def write_csv(
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     root = image_root if image_root is not None else p.parent
-    extra = [c for c in ("split", "dataset") if c in samples.columns]
+    extra = [c for c in ("split", "dataset", *_LABEL_COLUMNS) if c in samples.columns]
     with p.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(csv_header(scheme.num_landmarks) + extra)
@@ -195,9 +205,6 @@ def write_csv(
             cells = [relative_name(str(row["image_uri"]), root)]
             cells += [format_float(v) for v in np.asarray(row["box"], dtype=np.float32)]
             cells += ["" if np.isnan(v) else format_float(v) for v in pts.reshape(-1)]
-            cells += [
-                "" if row.get(c) is None or (isinstance(row.get(c), float) and np.isnan(row[c])) else str(row[c])
-                for c in extra
-            ]
+            cells += ["" if row.get(c) is None or pd.isna(row[c]) else str(row[c]) for c in extra]
             writer.writerow(cells)
     return p

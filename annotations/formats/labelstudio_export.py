@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 import numpy as np
 
 from annotations.formats.common import FormatError, ImportBuilder, ImportResult, RowError
-from pipnet_core.schemes import Scheme
+from pipnet_core.schemes import Scheme, legacy_landmark_names
 
 __all__ = ["PERCENT_TOLERANCE", "items_to_landmarks", "read_labelstudio_export", "resolve_ls_image"]
 
@@ -95,7 +95,8 @@ def items_to_landmarks(items: list[dict[str, Any]], scheme: Scheme, control: str
         RowError: a label that is not a landmark of the scheme, a landmark given twice, an image
             rotated in the editor, inconsistent or missing image sizes, non-numeric coordinates.
     """
-    index = {name: i for i, name in enumerate(scheme.landmark_names)}
+    index = {name: i for i, name in enumerate(legacy_landmark_names(scheme.num_landmarks))}  # older projects
+    index.update({name: i for i, name in enumerate(scheme.landmark_names)})
     pts = np.full((scheme.num_landmarks, 2), np.nan)
     size: tuple[int, int] | None = None
     for k, item in enumerate(items):

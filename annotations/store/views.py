@@ -126,7 +126,9 @@ def gather_fixed(
         else:
             a, b = np.searchsorted(rows, [start, start + n])
             local = rows[a:b] - start
-        if b > a:
+        if b > a and chunk.null_count == n:  # a part written without the column (or none set it)
+            out[a:b] = fill
+        elif b > a:
             leaf, width = _leaf(chunk)
             values = leaf.to_numpy(zero_copy_only=False).reshape(n, *tail)
             if local is None:

@@ -221,9 +221,9 @@ def test_reviewer_work_is_pulled_exactly_once_and_updates_supersede(
     no_face = {"from_name": "face_status", "to_name": "image", "type": "choices", "value": {"choices": ["no face"]}}
     ls.annotations.create(id=tasks[rejected]["id"], result=[no_face])
     W, H = int(samples.at[broken, "width"]), int(samples.at[broken, "height"])
-    partial = _reviewer_result(tasks[broken]["predictions"][0]["result"], {}, W, H, origin=True)
-    partial = [it for it in partial if it["value"]["keypointlabels"][0] not in ("lm_07", "lm_61")]
-    ann_broken = ls.annotations.create(id=tasks[broken]["id"], result=partial)
+    twice = _reviewer_result(tasks[broken]["predictions"][0]["result"], {}, W, H, origin=True)
+    twice.append({**copy.deepcopy(twice[7]), "id": "again"})  # the nose-bridge point placed a second time
+    ann_broken = ls.annotations.create(id=tasks[broken]["id"], result=twice)
 
     report = pull_reviews(store, client)
     assert (report.completed, report.skipped, report.rejected, report.invalid) == (3, 1, 1, 1)
@@ -243,7 +243,8 @@ def test_reviewer_work_is_pulled_exactly_once_and_updates_supersede(
     rejects = store.rejects()
     assert any("no face" in r for r in rejects["reason"])
     bad = rejects[rejects["sample_id"] == broken].iloc[0]
-    assert f"task {tasks[broken]['id']}" in bad["location"] and "lm_07" in bad["reason"] and "lm_61" in bad["reason"]
+    assert f"task {tasks[broken]['id']}" in bad["location"] and "placed more than once" in bad["reason"]
+    assert SCHEME.landmark_names[7] in bad["reason"]
     assert broken not in set(corrected.frame["sample_id"])  # kept out of training
     st = review_status(store, client)
     assert (st["completed"], st["skipped"], st["rejected"], st["pushed"]) == (3, 1, 1, 5)
@@ -261,7 +262,7 @@ def test_reviewer_work_is_pulled_exactly_once_and_updates_supersede(
     first = client.annotations(tasks[sid]["id"])[0]
     newer = copy.deepcopy(first["result"])
     for it in newer:
-        if it["value"]["keypointlabels"][0] == "lm_10":
+        if it["value"]["keypointlabels"][0] == SCHEME.landmark_names[10]:
             it["value"]["x"], it["value"]["y"] = 100.0 * 12.5 / W, 100.0 * 20.25 / H
     ls.annotations.update(id=first["id"], result=newer)
     update = pull_reviews(store, client)

@@ -144,7 +144,7 @@ def test_pts_bad_inputs_are_rejected_and_good_ones_kept(tmp_path: Path) -> None:
     r = reasons(result)
     assert "67 landmarks" in r["short.pts:file"] and "68" in r["short.pts:file"]
     assert "line 9" in r["text.pts:file"] and "'abc' is not a number" in r["text.pts:file"]
-    assert "NaN" in r["nan.pts:file"] and "5 (lm_05)" in r["nan.pts:file"]
+    assert "NaN" in r["nan.pts:file"] and f"5 ({S68.landmark_names[5]})" in r["nan.pts:file"]
     assert "missing image" in r["nopic.pts:file"]
     assert "cannot decode" in r["broken.pts:file"]
     assert "duplicate sample" in r["zdup.pts:file"] and "good.pts" in r["zdup.pts:file"]
@@ -403,7 +403,7 @@ def test_csv_bad_rows_are_rejected(tmp_path: Path) -> None:
     assert len(result.samples) == 2 and list(result.samples["split"]) == [None, "pool"]
     r = {loc: reason for loc, reason in zip(result.rejects["location"], result.rejects["reason"], strict=True)}
     assert "field y3" in r["line 4"] and "'seven'" in r["line 4"]
-    assert "NaN" in r["line 5"] and "5 (lm_05)" in r["line 5"]
+    assert "NaN" in r["line 5"] and f"5 ({S68.landmark_names[5]})" in r["line 5"]
     assert "cells" in r["line 6"]
     assert "partly empty" in r["line 7"]
     assert "split" in r["line 8"]
