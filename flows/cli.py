@@ -164,7 +164,7 @@ def cmd_review(args: argparse.Namespace) -> int:
         out = review_steps.push_round(args.store, args.round, budget=args.budget)
         print(out["message"], file=sys.stderr)
     elif args.action == "pull":
-        out = review_steps.pull_corrections(args.store)
+        out = review_steps.pull_corrections(args.store, full=args.full)
     else:
         out = review_steps.review_status(args.store)
     print(json.dumps(out, indent=2, default=str))
@@ -317,6 +317,9 @@ def _add_review_commands(sub: Any) -> None:
     s.add_argument("--round", type=int, default=None, help="push: the round whose pseudo-labels to send")
     s.add_argument(
         "--budget", type=float, help="push: the round's budget, a share of the pool (default: the round's config)"
+    )
+    s.add_argument(
+        "--full", action="store_true", help="pull: compare every task with the store (finds deleted annotations/tasks)"
     )
     s.set_defaults(fn=cmd_review)
 

@@ -143,12 +143,18 @@ def stc_next_round(store: str, schedule: str | None = None, config: dict[str, An
 
 
 @flow(name="review-sync")
-def review_sync(store: str) -> dict[str, Any]:
+def review_sync(store: str, full_every: int = 12) -> dict[str, Any]:
     """What reviewers finished since the last sync, pulled into the store (runs every few minutes), and one
-    ``pipstc.review.correction`` event per new correction (prefect.yaml's trigger starts a round on them)."""
+    ``pipstc.review.correction`` event per new correction (prefect.yaml's trigger starts a round on them).
+
+    Every ``full_every``-th sync is a full one (every task compared with the store: annotations and
+    tasks deleted in Label Studio are found and their corrections retracted); 12 at the default
+    five-minute interval is once an hour. Faces an outage held back from a push are sent too.
+    """
     from flows.review_steps import pull_corrections
 
-    return task(name="pull-corrections", retries=2, retry_delay_seconds=[5, 30])(pull_corrections)(store, announce=True)
+    pull = task(name="pull-corrections", retries=2, retry_delay_seconds=[5, 30])(pull_corrections)
+    return pull(store, announce=True, full_every=full_every)
 
 
 @flow(name="ingestion")

@@ -16,11 +16,13 @@ label_studio/core/settings/base.py). Two margins make it safe:
   add nothing.
 
 **Full sync** (``full=True``; ``pipstc review pull --full``, or every Nth run of the review-sync
-flow: :func:`full_sync_due`): every task of the project is listed and compared with the store. Bulk
-deletions bypass ``update_task`` (the Data Manager's "delete annotations"/"delete tasks" actions
-delete querysets, which sends no per-annotation ``delete``), and a deleted task is never listed by
-an incremental pull: only the full comparison of task and annotation ids finds them. A correction
-whose annotation is gone is retracted (the store stays append-only: annotations.store.retractions).
+flow: :func:`full_sync_due`): every task of the project is listed and compared with the store. An
+annotation deleted through the API or the Data Manager's "delete annotations" action moves its task's
+``updated_at`` (label_studio/data_manager/actions/basic.py) and an incremental pull sees it; but a
+deleted task (the "delete tasks" action, ``DELETE /api/tasks/{id}``) is never listed again, nor is
+anything removed without touching the task (a database clean-up): only the full comparison of task
+and annotation ids finds those. A correction whose annotation is gone is retracted (the store stays
+append-only: annotations.store.retractions).
 
 ``completed_at`` would miss skips (a cancelled annotation does not complete a task) and updates of an
 annotation (it is the newest annotation's creation time); the export API has no time filter. The

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from annotations.review.client import LabelStudioClient, connect  # noqa: E402 - after the path fix below
 from tools.labelstudio_server import (
     LabelStudioServer,
     ServerStartError,
@@ -59,3 +60,10 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStud
     finally:
         server.stop()
         shutil.rmtree(work / "data", ignore_errors=True)
+
+
+@pytest.fixture
+def client(label_studio: LabelStudioServer) -> Iterator[LabelStudioClient]:
+    """A connected client of the session's server."""
+    with connect(label_studio.url, label_studio.token) as c:
+        yield c
