@@ -49,6 +49,7 @@ from annotations.review.config import labeling_config
 from annotations.review.project import ImageAccess, ReviewProject, ensure_image_access, ensure_project
 from annotations.review.refresh import open_older_reviews, refresh_open_tasks
 from annotations.review.tasks import ReviewItem, Selection, build_task, collect_items, validate_tasks
+from annotations.store.errors import StoreLocked
 from annotations.store.views import LabelView
 
 __all__ = ["SETTING_PENDING", "PushReport", "existing_tasks", "push_pending", "push_reviews", "record_pending"]
@@ -57,6 +58,8 @@ log = logging.getLogger(__name__)
 
 SETTING_PENDING = "labelstudio.pending_push"
 SETTING_SHOWN_VERSION = "labelstudio.model_version"
+# How long a sync waits for a running push before leaving the pending faces to it.
+PENDING_LOCK_WAIT_S = 2.0
 # Sample ids per look-up request: the filter travels in the query string, and 100 ids of 24 hex
 # characters (~3.5 kB encoded) stay under the 8 kB header limit of common reverse proxies.
 LOOKUP_BATCH = 100
@@ -429,9 +432,19 @@ def record_pending(
 
 
 def push_pending(store: Any, client: LabelStudioClient, *, title: str | None = None) -> PushReport | None:
-    """Send the faces an outage held back (``labelstudio.pending_push``); None when there are none."""
+    """Send the faces an outage held back (``labelstudio.pending_push``).
+
+    Returns:
+        The push report; None when nothing is pending, or when another push is running (it sends
+        the pending faces first itself: a sync does not wait for it).
+    """
     pending = store.get_setting(SETTING_PENDING) or []
     if not pending:
         return None
     newest = max(int(p["round"]) for p in pending)
-    return push_reviews(store, client, [], newest, title=title)
+    try:
+        with store.review_lock(timeout=PENDING_LOCK_WAIT_S):
+            return push_reviews(store, client, [], newest, title=title)
+    except StoreLocked:
+        log.info("a push is running on %s: it sends the %d pending faces", store.url, len(pending))
+        return None

@@ -148,9 +148,13 @@ class WriterLock:
         self.host = socket.gethostname()
 
     @contextmanager
-    def hold(self) -> Iterator[None]:
-        """Hold the lock for the ``with`` block (re-entrant: nested holds by one thread are free)."""
-        self.acquire()
+    def hold(self, timeout: float | None = None) -> Iterator[None]:
+        """Hold the lock for the ``with`` block (re-entrant: nested holds by one thread are free).
+
+        Args:
+            timeout: Seconds to wait (default :attr:`timeout`).
+        """
+        self.acquire(timeout)
         try:
             yield
         finally:
@@ -173,13 +177,13 @@ class WriterLock:
         """Whether this process holds the file lock now."""
         return self._depth > 0
 
-    def acquire(self) -> None:
-        """Take the lock, waiting up to ``timeout`` seconds.
+    def acquire(self, timeout: float | None = None) -> None:
+        """Take the lock, waiting up to ``timeout`` seconds (default :attr:`timeout`).
 
         Raises:
             StoreLocked: another live writer held it for the whole timeout; names it and the fix.
         """
-        timeout = self.timeout
+        timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         if not self._thread_lock.acquire(timeout=timeout):
             raise StoreLocked(

@@ -217,10 +217,10 @@ class Store(RoundBook):
         """
         return self._lock.hold()
 
-    def review_lock(self) -> AbstractContextManager[None]:
+    def review_lock(self, timeout: float | None = None) -> AbstractContextManager[None]:
         """The lock that serialises Label Studio pushers (annotations.review.push): held across their HTTP
         calls instead of the writer lock, so a review sync can write while a push waits on the server."""
-        return writer_lock(self._fs, REVIEW_LOCK_NAME).hold()
+        return writer_lock(self._fs, REVIEW_LOCK_NAME).hold(timeout)
 
     @contextmanager
     def _writing(self, folder: str | None = None) -> Iterator[None]:
