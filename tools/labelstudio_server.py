@@ -26,7 +26,9 @@ Example (a local review server for a store whose images lie in ``/data/photos/<f
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import logging
 import os
 import secrets
@@ -103,6 +105,8 @@ class LabelStudioServer:
     Attributes:
         url: Base URL, e.g. ``http://127.0.0.1:43127``.
         token: The legacy API token of the admin user (send as ``Authorization: Token ...``).
+        username: The admin user's e-mail (the login of the web UI).
+        password: Its password.
         document_root: Local files are served from under this folder.
         data_dir: ``LABEL_STUDIO_BASE_DATA_DIR`` (SQLite DB, media, ``.env``).
         log_path: The server's stdout and stderr.
@@ -117,6 +121,16 @@ class LabelStudioServer:
     binary: Path
     env: dict[str, str] = field(repr=False)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def username(self) -> str:
+        """The admin user's e-mail."""
+        return self.env["LABEL_STUDIO_USERNAME"]
+
+    @property
+    def password(self) -> str:
+        """The admin user's password (kept out of ``repr``)."""
+        return self.env["LABEL_STUDIO_PASSWORD"]
 
     @property
     def pid(self) -> int:
@@ -259,6 +273,26 @@ def _set_token(db: Path, token: str) -> bool:
         return False
 
 
+def _django_password_hash(password: str, iterations: int = 100_000) -> str:
+    """A Django ``pbkdf2_sha256`` password hash (django.contrib.auth.hashers.PBKDF2PasswordHasher format:
+    ``algorithm$iterations$salt$base64(pbkdf2_hmac)``). Django checks a hash with the iterations it
+    names, so fewer than its default (1,000,000) only make the test logins cheaper."""
+    salt = secrets.token_hex(11)
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt.encode(), iterations)
+    return f"pbkdf2_sha256${iterations}${salt}${base64.b64encode(digest).decode()}"
+
+
+def _set_password(db: Path, email: str, password: str) -> bool:
+    """Give the template's admin user this run's password (like the token, fixed at user creation)."""
+    try:
+        with contextlib.closing(sqlite3.connect(db)) as con, con:
+            hashed = _django_password_hash(password)
+            cur = con.execute("UPDATE htx_user SET password = ? WHERE email = ?", (hashed, email))
+            return cur.rowcount == 1
+    except sqlite3.Error:
+        return False
+
+
 def _save_template(data_dir: Path, template: Path) -> None:
     """Copy a freshly migrated data dir to ``template`` (atomically: a temp dir renamed in place).
 
@@ -323,9 +357,11 @@ def start_label_studio(
     token = token or secrets.token_hex(20)
     template = Path(template_dir) / label_studio_version(exe) if template_dir is not None else None
     from_template = False
+    password = password or secrets.token_urlsafe(16)
     if template is not None and (template / _DB_NAME).is_file() and not data_dir.exists():
         shutil.copytree(template, data_dir)
-        from_template = _set_token(data_dir / _DB_NAME, token)
+        db = data_dir / _DB_NAME
+        from_template = _set_token(db, token) and _set_password(db, username, password)
         if not from_template:  # unexpected DB layout: fall back to a fresh, slow start
             shutil.rmtree(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -338,7 +374,7 @@ def start_label_studio(
         log_path=work / "label-studio.log",
         port=port,
         binary=exe,
-        env=_server_env(data_dir, root, xdg, username, password or secrets.token_urlsafe(16), token),
+        env=_server_env(data_dir, root, xdg, username, password, token),
     )
     _launch(server)
     _wait_healthy(server, startup_budget_s)

@@ -484,7 +484,8 @@ class LabelStudioClient:
         return self._json(f"GET /api/annotations/{i}", lambda o: self.sdk().annotations.get(id=i, request_options=o))
 
     def annotations(self, task_id: int) -> list[dict[str, Any]]:
-        """The annotations of one task (skips included), with their results."""
+        """The annotations of one task with their results (skips are not listed: the server leaves cancelled
+        annotations out of this list; the task list has them)."""
         tid = int(task_id)
         return self._json(f"GET /api/tasks/{tid}/annotations", lambda o: self.sdk().annotations.list(
             id=tid, request_options=o))  # fmt: skip

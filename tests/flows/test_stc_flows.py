@@ -94,3 +94,26 @@ def test_label_pool_on_a_dask_cluster_equals_the_thread_runner(tiny_store: str, 
     assert (a.frame["sample_id"].to_numpy()[ia] == b.frame["sample_id"].to_numpy()[ib]).all()
     np.testing.assert_allclose(a.landmarks[ia], b.landmarks[ib], atol=1e-4)
 
+
+def test_a_round_finishes_with_its_report_when_label_studio_is_down(
+    tiny_store: str, demo_images: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from annotations.review.push import SETTING_PENDING
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there: Label Studio is down when the review step connects
+    monkeypatch.setenv("PIPSTC_LABEL_STUDIO_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("PIPSTC_LABEL_STUDIO_TOKEN", "0123456789abcdef0123456789abcdef01234567")
+    monkeypatch.setenv("PIPSTC_LABEL_STUDIO_DOCUMENT_ROOT", str(demo_images["pool"].parent))
+    stc_round(tiny_store, 0, TINY.to_dict())
+    store = Store.open(tiny_store)
+    assert set(ROUND_STEPS) <= set(store.completed_steps(0))
+    assert b"holdout metrics per round" in store.read_round_file(0, "report.md").lower()
+    review = store.completed_steps(0)["review"]
+    assert review["selected"] >= 1 and review["pending"] == review["selected"] and review["error"]
+    pending = store.get_setting(SETTING_PENDING)
+    assert len(pending) == review["selected"] and {p["round"] for p in pending} == {0}
