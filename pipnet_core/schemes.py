@@ -9,7 +9,7 @@ snapshot b9eab58), summarised in ``docs/algorithm.md``:
   (8, 9); the face box for AFLW;
 * official mean faces (section 2.5), shipped in ``pipnet_core/data`` as normalised crop coordinates;
 * anatomical landmark names ("chin", "nose tip", "left eye outer corner"), which reviewers see in
-  Label Studio. Left and right are as each dataset defines them (docs/review.md section 11):
+  Label Studio. Left and right are as each dataset defines them (docs/review.md section 12):
   300W and WFLW follow the iBUG markup and name sides from the person (the person's right eye,
   indices 36-41 of 300W, appears on the image's left in a frontal face); COFW (LFPW's 29 points) and
   AFLW name them from the viewer (COFW's "left eye outer corner" is the outer corner of the eye on

@@ -6,7 +6,7 @@ scheme's ``landmark_names`` in order; the landmark index comes from the label, n
 result order or id (JSON_MIN drops ids). Result values ``x``/``y`` are percentages of
 ``original_width``/``original_height`` (Label Studio KeyPointLabels docs), so pixels are
 ``x * original_width / 100``; a value outside [0, 100] (beyond a rounding tolerance) is refused, naming
-the row, since it cannot be a point on the image. Shapes (docs/review.md section 7.4):
+the row, since it cannot be a point on the image. Shapes (docs/review.md section 7.6):
 
 * JSON: a list of tasks, each with ``data`` (``image``, our ``sample_id``) and ``annotations``
   (``id``, ``completed_by``, ``was_cancelled``, ``result`` items with ``value.{x, y, keypointlabels}``);
