@@ -62,3 +62,17 @@ def test_without_label_studio_the_round_writes_its_budget_to_an_import_file_each
     # Nothing is recorded as sent, so a rerun writes the same faces: the same audit slice, the same picks.
     again = push_round(str(store.url), 1, cfg)
     assert json.loads(Path(again["import_file"]).read_text()) == tasks and again["sent"] == 0
+
+
+def test_every_nth_sync_is_a_full_one_and_the_cli_asks_for_one(tmp_path: Path) -> None:
+    from annotations.review.pull import SETTING_PULL, full_sync_due
+    from flows.cli import build_parser
+
+    store = Store.create(tmp_path / "store", get_scheme("300w"))
+    assert full_sync_due(store, 3)  # never synced: the first sync is full
+    store.set_setting(SETTING_PULL, {"project_id": 1, "updated_at": None, "since_full": 0})
+    assert not full_sync_due(store, 3)  # just had one
+    store.set_setting(SETTING_PULL, {"project_id": 1, "updated_at": None, "since_full": 2})
+    assert full_sync_due(store, 3) and not full_sync_due(store, 0)
+    assert build_parser().parse_args(["review", "pull", "s", "--full"]).full
+    assert not build_parser().parse_args(["review", "pull", "s"]).full
