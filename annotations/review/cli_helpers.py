@@ -56,7 +56,7 @@ def push_or_export(
     try:
         client = connect(retry=retry)
     except ReviewUnavailable as e:  # down before anything was sent: the next push or sync sends them
-        return record_pending(store, sample_ids, round, labels, error=str(e)).as_dict()
+        return record_pending(store, sample_ids, round, labels, error=str(e), title=title).as_dict()
     with client:
         return push_reviews(store, client, sample_ids, round, labels, title=title).as_dict()
 
@@ -77,8 +77,9 @@ def pull_if_configured(
     if not configured():
         return {"configured": False, "message": f"{ENV_URL} is not set: nothing to pull"}
     with connect(retry=retry) as client:
-        out = {"configured": True, **pull_reviews(store, client, full=full).as_dict()}
+        # What waits goes out first: it also settles the project (by the title the faces were meant for).
         sent = push_pending(store, client) if send_pending else None
+        out = {"configured": True, **pull_reviews(store, client, full=full).as_dict()}
         if sent is not None:
             out["pending_sent"] = sent.pushed + sent.recovered
             out["pending"] = sent.pending

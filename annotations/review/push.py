@@ -263,16 +263,16 @@ def _push(
         ensure_image_access(client, project.id, {it.storage_dir for it, _ in ready if it.storage_dir is not None})
         for start in range(0, len(ready), chunk_size):
             _push_chunk(store, client, project.id, ready[start : start + chunk_size], report, done)
-            _set_pending(store, [it for it, _ in ready[start + chunk_size :]])
+            _set_pending(store, [it for it, _ in ready[start + chunk_size :]], title)
     except ReviewUnavailable as e:
         report.error = str(e)
         unsent = [it for it in (items if not ready else [it for it, _ in ready]) if it.sample_id not in done]
         report.pending = len(unsent)
-        _set_pending(store, unsent)
+        _set_pending(store, unsent, title)
         log.warning("Label Studio unavailable: %d faces pending for the next push (%s)", len(unsent), e)
     else:
         if not ready:
-            _set_pending(store, [])
+            _set_pending(store, [], title)
     if project is not None:
         _update_model_version(store, client, project.id, [it for it, _ in ready if it.sample_id in done], report)
         _refresh(store, client, project, round_, labels, report)
@@ -360,8 +360,9 @@ def _validated(
     return [(it, t) for it, t, err in zip(todo, tasks, errors, strict=True) if not err]
 
 
-def _set_pending(store: Any, items: Sequence[ReviewItem]) -> None:
-    value = [{"sample_id": it.sample_id, "round": it.round, "label_id": it.label_id} for it in items]
+def _set_pending(store: Any, items: Sequence[ReviewItem], title: str | None) -> None:
+    """Keep the faces not sent, with the project title they were meant for (a sync sends them there)."""
+    value = [{"sample_id": it.sample_id, "round": it.round, "label_id": it.label_id, "title": title} for it in items]
     if (store.get_setting(SETTING_PENDING) or []) != value:
         store.set_setting(SETTING_PENDING, value)
 
@@ -396,6 +397,7 @@ def record_pending(
     labels: LabelView | Sequence[str] | None = None,
     *,
     error: str,
+    title: str | None = None,
     access: ImageAccess | None = None,
 ) -> PushReport:
     """Keep faces for the next push or sync when Label Studio cannot be reached at all.
@@ -409,6 +411,7 @@ def record_pending(
         round: The round whose labels would be shown.
         labels: The labels to show (as for :func:`push_reviews`).
         error: Why Label Studio was unreachable (kept in the report).
+        title: The project title the push was for (the sync that sends them uses it).
         access: Image access (default: ``$PIPSTC_LABEL_STUDIO_DOCUMENT_ROOT``).
 
     Returns:
@@ -420,7 +423,7 @@ def record_pending(
         before = list(store.get_setting(SETTING_PENDING) or [])
         have = {p.get("sample_id") for p in before}
         added = [
-            {"sample_id": it.sample_id, "round": it.round, "label_id": it.label_id}
+            {"sample_id": it.sample_id, "round": it.round, "label_id": it.label_id, "title": title}
             for it in selection.items
             if it.sample_id not in have
         ]
@@ -431,8 +434,9 @@ def record_pending(
     return PushReport(pending=len(before) + len(added), refused=selection.refused, error=error)
 
 
-def push_pending(store: Any, client: LabelStudioClient, *, title: str | None = None) -> PushReport | None:
-    """Send the faces an outage held back (``labelstudio.pending_push``).
+def push_pending(store: Any, client: LabelStudioClient) -> PushReport | None:
+    """Send the faces an outage held back (``labelstudio.pending_push``), to the project they were
+    meant for (the title recorded with them; the store's project once it has one).
 
     Returns:
         The push report; None when nothing is pending, or when another push is running (it sends
@@ -442,6 +446,7 @@ def push_pending(store: Any, client: LabelStudioClient, *, title: str | None = N
     if not pending:
         return None
     newest = max(int(p["round"]) for p in pending)
+    title = next((p["title"] for p in pending if p.get("title")), None)
     try:
         with store.review_lock(timeout=PENDING_LOCK_WAIT_S):
             return push_reviews(store, client, [], newest, title=title)

@@ -44,13 +44,16 @@ def test_label_studio_down_at_push_start_keeps_the_faces_for_the_next_sync_witho
     down = push_or_export(store, ids[:3], 1, title="outage", retry=quick)
     assert down["pending"] == 3 and down["pushed"] == 0 and "did not answer" in down["error"]
     assert label_studio.token not in json.dumps(down)
-    assert [p["sample_id"] for p in store.get_setting(SETTING_PENDING)] == ids[:3]
+    pending = store.get_setting(SETTING_PENDING)
+    assert [(p["sample_id"], p["title"]) for p in pending] == [(i, "outage") for i in ids[:3]]
     down2 = push_or_export(store, ids[:4], 1, title="outage", retry=quick)  # still down: one more, none twice
     assert down2["pending"] == 4 and len(store.get_setting(SETTING_PENDING)) == 4
 
     monkeypatch.setenv(ENV_URL, label_studio.url)
     synced = pull_if_configured(store)  # the next sync sends them
     assert synced["pending_sent"] == 4 and synced["pending"] == 0 and not synced["error"]
+    with connect(label_studio.url, label_studio.token) as c:  # the project the push was for
+        assert c.project(synced["project_id"])["title"] == "outage"
     assert store.get_setting(SETTING_PENDING) == []
     again = push_or_export(store, ids[:5], 1, title="outage")  # the next push: only the new face
     assert again["pushed"] == 1 and again["already_in_review"] == 4
