@@ -12,6 +12,10 @@ For every task a pull sees, the :class:`Collector`
    event when the state changed (``annotated_at`` = the server's time of the deciding annotation, so
    a completed -> rejected -> completed flip ends completed).
 
+Only a face's *current* task (the task of its latest review event) decides its state: a skipped face
+selected again in a later round has a new task, and its old, skipped task must not make it skipped
+again when a full sync lists it. Corrections made on an older task are still stored.
+
 A full sync (``tasks_gone``) also retracts the corrections of tasks deleted from the project.
 Everything here is idempotent: label ids hash (project, annotation id, annotation ``updated_at``),
 retraction ids hash the retracted label id, and the store keeps a review event only when it changes
@@ -230,6 +234,11 @@ class Collector:
         self.batch.visibility.append(parsed.visibility)
         self.known.add(label_id)
 
+    def _current(self, ctx: _TaskContext) -> bool:
+        """Whether this task is the face's current one (the task of its latest review event)."""
+        latest = self.held.latest.get(ctx.sid)
+        return latest is None or _task_of(latest) in (None, ctx.tid)
+
     def _deleted(self, ctx: _TaskContext, on_server: set[int], task_time: Any) -> None:
         """Retract the corrections of this task's annotations that the server no longer lists."""
         for aid, label_ids in sorted(self.held.corrections.get(ctx.tid, {}).items()):
@@ -237,11 +246,14 @@ class Collector:
                 continue
             self.batch.retract += label_ids
             self.counts["retracted"] += 1
-            self._event(ctx, "retracted", aid, task_time, f"annotation {aid} deleted in Label Studio: its"
-                        f" correction no longer counts")  # fmt: skip
+            if self._current(ctx):
+                self._event(ctx, "retracted", aid, task_time, f"annotation {aid} deleted in Label Studio: its"
+                            f" correction no longer counts")  # fmt: skip
 
     def _state(self, ctx: _TaskContext, outcomes: list[Outcome], any_annotation: bool, task_time: Any) -> None:
         """A review event when the task's state (:func:`task_state`) differs from the face's stored one."""
+        if not self._current(ctx):
+            return  # an older task of a face that was pushed again: its state is the newer task's
         state = task_state(outcomes)
         if state is not None:
             self._event(ctx, state.status, state.annotation_id, state.annotated_at, state.note)

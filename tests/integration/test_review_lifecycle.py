@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from annotations.review.client import LabelStudioClient
 from annotations.review.config import OCCLUDED, VISIBILITY_NAME, labeling_config
 from annotations.review.convert import parse_annotation
-from annotations.review.project import default_title
+from annotations.review.project import ImageAccess, default_title
 from annotations.review.pull import pull_reviews
 from annotations.review.push import push_reviews
 from annotations.review.status import review_states, review_status
@@ -202,3 +203,24 @@ def test_tasks_show_the_doubts_and_an_older_lm_project_keeps_working(
     client.sdk().annotations.create(id=tasks[ids[0]]["id"], result=moved)
     assert pull_reviews(store, client).completed == 1
     assert store.labels(source="corrected").landmarks[0, 45, 0] == pytest.approx(20.5, abs=1e-4)
+
+
+def test_a_skipped_face_pushed_again_keeps_its_new_task_open_through_a_full_sync(
+    tmp_path: Path, label_studio: LabelStudioServer, client: LabelStudioClient
+) -> None:
+    store, ids, tasks = _pushed(tmp_path, label_studio, client, 1, "skipped again")
+    sid = ids[0]
+    client.sdk().annotations.create(id=tasks[sid]["id"], result=[], was_cancelled=True)
+    assert pull_reviews(store, client).skipped == 1 and _state(store)[sid] == "skipped"
+    pseudo = store.pseudo_labels(1)
+    store.add_labels(pd.DataFrame({"sample_id": [sid], "source": "pseudo", "round": 2, "model_version": "m-r2",
+                                   "level": "std"}), pseudo.landmarks[:1] + 1.0)  # fmt: skip
+    again = push_reviews(store, client, [sid], round=2, access=ImageAccess(label_studio.document_root),
+                         title="skipped again")  # fmt: skip
+    assert again.pushed == 1 and _state(store)[sid] == "pushed"  # a new task of round 2
+    events = len(store.reviews(latest=False))
+    full = pull_reviews(store, client, full=True)  # lists the old, skipped task too
+    assert full.tasks_gone == 0 and _state(store)[sid] == "pushed"  # the old task does not decide any more
+    assert len(store.reviews(latest=False)) == events  # not even for a moment
+    states = review_states(store).set_index("sample_id")
+    assert states.at[sid, "task_id"] == again.task_ids[0] and states.at[sid, "round"] == 2
