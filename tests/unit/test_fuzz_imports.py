@@ -224,7 +224,7 @@ def test_fuzz_labelstudio_export(tmp_path: Path, capsys: pytest.CaptureFixture[s
         return out
 
     renamed = json.loads(json.dumps(items))
-    renamed[3]["value"]["keypointlabels"] = ["nose tip"]
+    renamed[3]["value"]["keypointlabels"] = ["third nostril"]  # no landmark of the scheme has this name
     twice = json.loads(json.dumps(items))
     twice[4]["value"]["keypointlabels"] = [SCHEME.landmark_names[5]]
     rotated = json.loads(json.dumps(items))
