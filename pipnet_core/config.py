@@ -9,12 +9,15 @@ set per round and lands in the round's ``config.json``.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipnet_core.augment import AugmentConfig
 
-__all__ = ["TrainConfig"]
+__all__ = ["PRECISIONS", "TrainConfig"]
+
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -39,9 +42,15 @@ class TrainConfig:
     init_from: str | None = None  # warm start: a pipstc checkpoint whose weights (and neighbour table) to start from
     meanface: str = "scheme"  # neighbour topology from the scheme's mean face, or "data" (mean of the labels)
     seed: int = 0  # seeds torch, numpy, random and the per-sample augmentation
-    num_workers: int = 1  # loader processes; one overlaps decoding with the step on 2-core machines
+    # Loader processes; None: auto (resolved_num_workers). Augmenting a crop costs ~1 ms against ~65 ms of
+    # training step on 2 CPU cores, so on small CPU machines a worker only steals a core from the step
+    # (bench/RESULTS.md, "Training loop"); a GPU needs several to keep up.
+    num_workers: int | None = None
     channels_last: bool = True  # NHWC convolutions: ~15% faster training on CPU (docs/speed.md section 4)
+    compile: bool = False  # torch.compile the model: ~+8% step rate on CPU for a ~30 s compile (bench/RESULTS.md)
+    precision: str = "fp32"  # "fp32" or "bf16" (autocast; for GPUs: without AMX a CPU runs bf16 ~28% slower)
     device: str = "auto"  # "auto": CUDA when available, else CPU
+    processes: int = 1  # data-parallel processes (torch DDP via torchrun); batch_size is per process
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
 
     def __post_init__(self) -> None:
@@ -51,6 +60,12 @@ class TrainConfig:
             raise ValueError(f"input_size {self.input_size} must be a multiple of net_stride {self.net_stride}")
         if self.meanface not in ("scheme", "data"):
             raise ValueError(f"meanface must be 'scheme' or 'data', got {self.meanface!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.processes < 1:
+            raise ValueError(f"processes must be >= 1, got {self.processes}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0 or None (auto), got {self.num_workers}")
 
     @property
     def uses_channels_last(self) -> bool:
@@ -66,6 +81,20 @@ class TrainConfig:
     def grid(self) -> int:
         """S, the score map side."""
         return self.input_size // self.net_stride
+
+    def resolved_num_workers(self, cuda: bool, cpus: int | None = None) -> int:
+        """Loader processes: the explicit value, or auto.
+
+        Auto: on a GPU, enough workers to keep it fed (``min(8, cpus - 1)``); on a CPU, none below 8
+        cores, because augmentation and targets cost ~2% of a step there and a worker competes with the
+        step's threads for the same cores; one from 8 cores up, where it overlaps for little.
+        """
+        if self.num_workers is not None:
+            return int(self.num_workers)
+        cpus = (os.cpu_count() or 1) if cpus is None else cpus
+        if cuda:
+            return max(0, min(8, cpus - 1))
+        return 0 if cpus < 8 else 1
 
     def resolved_weight_decay(self) -> float:
         """Adam weight decay: the explicit value, or the official rule (5e-4 only without pretraining)."""

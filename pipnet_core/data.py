@@ -9,7 +9,8 @@ normalised crop (:func:`pipnet_core.crop.to_crop`) and, for training, augmented 
 
 Augmentation randomness is a pure function of ``(seed, epoch, index)``: the same sample gets the
 same augmentation in a resumed run whatever worker loads it, which makes resumed training
-reproduce an uninterrupted one.
+reproduce an uninterrupted one. The training loader (:mod:`pipnet_core.loader`) asks for items by
+``(epoch, index)``.
 """
 
 from __future__ import annotations
@@ -138,11 +139,17 @@ class FaceDataset(Dataset):
             for i in range(len(self)):
                 self.load_crop(i)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """Sample ``key``: an index (augmented as of :meth:`set_epoch`), or ``(epoch, index)``.
+
+        The training loader passes ``(epoch, index)`` (:class:`pipnet_core.loader.EpochKeyed`), so
+        workers that live across epochs need no per-epoch state.
+        """
+        epoch, index = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (self.epoch, int(key))
         image = self.load_crop(index)
         landmarks = to_crop(self.landmarks[index], self.crop_boxes[index])
         if self.augment is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
+            rng = np.random.default_rng([self.seed, epoch, index])
             image, landmarks = augment(image, landmarks, rng, self.flip, self.augment)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image)),

@@ -19,18 +19,19 @@ import os
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from pipnet_core.config import TrainConfig
 from pipnet_core.data import FaceDataset, TargetCollate
+from pipnet_core.loader import EpochSampler, make_loader
 from pipnet_core.loss import LOSS_PARTS, pip_loss
 from pipnet_core.meanface import NeighbourTable, build_neighbour_table, compute_meanface, neighbour_table_from_nb
 from pipnet_core.model import PIPNet, create_model, normalise_batch
@@ -47,7 +48,7 @@ __all__ = [
 ]
 
 # Fields that may change between a run and its resumption without changing what is trained.
-_RESUMABLE_CHANGES = {"epochs", "num_workers", "device"}
+_RESUMABLE_CHANGES = {"epochs", "num_workers", "device"}  # the loader's workers change no batch
 
 
 class CheckpointError(ValueError):
@@ -212,23 +213,6 @@ def _check_resume(saved: dict[str, Any], config: TrainConfig, path: Path) -> Non
         )
 
 
-class _EpochSampler(Sampler[int]):
-    """A shuffle that depends only on (seed, epoch), so resumed runs see the same order."""
-
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
-
-
 def train(
     config: TrainConfig,
     dataset: FaceDataset,
@@ -300,6 +284,22 @@ def _warm_weights(model: PIPNet, state: dict[str, torch.Tensor], path: str) -> N
         raise CheckpointError(f"init_from {path} does not fit this config: {exc}") from exc
 
 
+def _adam(model: PIPNet, config: TrainConfig) -> torch.optim.Adam:
+    """The official Adam, as one fused kernel per parameter where this torch has it.
+
+    The for-loop Adam that torch picks on a CPU by default walks each of the ~60 parameter tensors
+    with a dozen separate element-wise passes: measured at about a tenth of a 256 px training step
+    on 2 cores, a fused pass a third of that (bench/RESULTS.md, "Training loop"). Same algorithm and
+    state; the last bits of the update differ from the for-loop version, so a run keeps the variant
+    it started with (resuming loads the saved flag).
+    """
+    params, lr, decay = model.parameters(), config.lr, config.resolved_weight_decay()
+    try:
+        return torch.optim.Adam(params, lr=lr, weight_decay=decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # a torch or device without the fused kernel
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=decay)
+
+
 def _start(config: TrainConfig, dataset: FaceDataset, scheme: Scheme, device: torch.device) -> _Run:
     """Model (fresh, ImageNet, or warm-started from ``init_from``), optimiser and schedule."""
     init = _read(config.init_from) if config.init_from else None
@@ -319,7 +319,7 @@ def _start(config: TrainConfig, dataset: FaceDataset, scheme: Scheme, device: to
     model.to(device)
     if config.uses_channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.resolved_weight_decay())
+    optimizer = _adam(model, config)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(config.milestones), gamma=config.gamma)
     return _Run(model, model, optimizer, scheduler, meanface, table)
 
@@ -352,14 +352,29 @@ def _checkpoint(run: _Run, epoch: int, config: TrainConfig, scheme: Scheme) -> d
     }
 
 
+def _float(outputs: Any) -> Any:
+    """A NamedTuple of tensors in float32 (bf16 autocast outputs, before the loss)."""
+    return type(outputs)(*(o.float() for o in outputs))
+
+
 def _batch_loss(
-    run: _Run, images: torch.Tensor, targets: Any, config: TrainConfig
+    run: _Run, images: torch.Tensor, targets: Any, config: TrainConfig, device: torch.device
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The loss of one batch; a model with the second head set runs it too (through the DDP wrapper)."""
-    if run.model.aux_heads:
-        out, aux = run.net(images, with_aux=True)
+    """The loss of one batch; a model with the second head set runs it too (through the DDP wrapper).
+
+    With ``precision="bf16"`` the forward pass runs under bf16 autocast and the loss in float32.
+    """
+    bf16 = config.precision == "bf16"
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        if run.model.aux_heads:
+            out, aux = run.net(images, with_aux=True)
+        else:
+            out, aux = run.net(images), None
+    if bf16:
+        out, aux = _float(out), None if aux is None else _float(aux)
+    if aux is not None:
         return pip_loss(out, targets, config.cls_weight, config.reg_weight, aux=aux)
-    return pip_loss(run.net(images), targets, config.cls_weight, config.reg_weight)
+    return pip_loss(out, targets, config.cls_weight, config.reg_weight)
 
 
 def _train_epoch(
@@ -369,10 +384,14 @@ def _train_epoch(
     run.model.train()
     sums = dict.fromkeys((*LOSS_PARTS, "total"), 0.0)
     seen = 0
+    pinned = device.type == "cuda"
     for batch in loader:
-        images = normalise_batch(batch.images, channels_last=config.uses_channels_last, device=device)
-        targets = batch.targets.to(device, non_blocking=True)
-        loss, parts = _batch_loss(run, images, targets, config)
+        # uint8 crops travel (a quarter of the float bytes) and are normalised where the step runs
+        images = normalise_batch(
+            batch.images, channels_last=config.uses_channels_last, device=device, non_blocking=pinned
+        )
+        targets = batch.targets.to(device, non_blocking=pinned)
+        loss, parts = _batch_loss(run, images, targets, config, device)
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         run.optimizer.step()
@@ -383,6 +402,43 @@ def _train_epoch(
         bar.update(1)
         bar.set_postfix(loss=f"{parts['total']:.4f}")
     return sums, seen
+
+
+def _wrap(run: _Run, config: TrainConfig, world: _World) -> None:
+    """The module the step calls: DDP across processes, then ``torch.compile`` when asked."""
+    if world.size > 1:
+        device = world.device
+        run.net = torch.nn.parallel.DistributedDataParallel(
+            run.model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if config.compile:
+        # One static graph: drop_last keeps every batch the same size.
+        run.net = torch.compile(run.net, dynamic=False)
+
+
+def _loader(run: _Run, dataset: FaceDataset, config: TrainConfig, world: _World) -> tuple[DataLoader, int]:
+    """The run's loader over this rank's share of the data, and its steps per epoch."""
+    train_set = dataset.with_augment(config.augment)
+    train_set.seed = config.seed
+    per_rank = math.ceil(len(train_set) / world.size)
+    # drop_last as the official loader, unless that would leave no batch at all (tiny datasets).
+    batch_size = min(config.batch_size, per_rank)
+    if world.size > 1:
+        sampler: Any = torch.utils.data.distributed.DistributedSampler(
+            train_set, num_replicas=world.size, rank=world.rank, shuffle=True, seed=config.seed
+        )
+    else:
+        sampler = EpochSampler(len(train_set), config.seed)
+    cuda = world.device.type == "cuda"
+    workers = config.resolved_num_workers(cuda=cuda, cpus=_cpus_per_rank(world))
+    collate = TargetCollate(run.table.nb, config.grid, train_set.tasks)
+    loader = make_loader(train_set, sampler, batch_size, collate, num_workers=workers, pin_memory=cuda)
+    return loader, per_rank // batch_size
+
+
+def _cpus_per_rank(world: _World) -> int:
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world.size))
+    return max(1, (os.cpu_count() or 1) // max(local, 1))
 
 
 def _fit(
@@ -402,34 +458,13 @@ def _fit(
     run = _start(config, dataset, scheme, device)
     if resume and out_path.is_file():
         _resume(run, config, out_path)
-    if world.size > 1:
-        run.net = torch.nn.parallel.DistributedDataParallel(
-            run.model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-
-    train_set = dataset.with_augment(config.augment)
-    train_set.seed = config.seed
-    if train_set.cache_crops and config.num_workers > 0:
-        train_set.precache()
-    per_rank = math.ceil(len(train_set) / world.size)
-    # drop_last as the official loader, unless that would leave no batch at all (tiny datasets).
-    batch_size = min(config.batch_size, per_rank)
-    if world.size > 1:
-        sampler: Any = torch.utils.data.distributed.DistributedSampler(
-            train_set, num_replicas=world.size, rank=world.rank, shuffle=True, seed=config.seed
-        )
-    else:
-        sampler = _EpochSampler(len(train_set), config.seed)
-    collate = TargetCollate(run.table.nb, config.grid, train_set.tasks)
-    remaining = max(config.epochs - run.start, 0) * (per_rank // batch_size)
+    _wrap(run, config, world)
+    loader, steps = _loader(run, dataset, config, world)
+    remaining = max(config.epochs - run.start, 0) * steps
     bar = tqdm(total=remaining, disable=not progress or world.rank != 0, unit="step", dynamic_ncols=True)
 
     for epoch in range(run.start, config.epochs):
-        sampler.set_epoch(epoch)
-        train_set.set_epoch(epoch)
-        loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=True,
-                            num_workers=config.num_workers, collate_fn=collate,
-                            pin_memory=device.type == "cuda")  # fmt: skip
+        loader.sampler.set_epoch(epoch)
         bar.set_description(f"epoch {epoch + 1}/{config.epochs}")
         t0 = time.perf_counter()
         sums, seen = _train_epoch(run, loader, config, device, bar)
