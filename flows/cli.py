@@ -65,6 +65,8 @@ def _config(args: argparse.Namespace) -> dict[str, Any] | None:
         val = getattr(args, key, None)
         if val is not None:
             overrides[key] = val
+    if getattr(args, "train_processes", None) is not None:
+        overrides["processes"] = args.train_processes  # TrainConfig.processes: torch DDP on this machine
     return base.replace(**overrides).to_dict() if overrides or getattr(args, "small", False) else None
 
 
@@ -304,6 +306,8 @@ def _add_round_commands(sub: Any) -> None:
         s.add_argument("--epochs", type=int)
         s.add_argument("--review-budget", type=float, help="share of the pool sent to review per round")
         s.add_argument("--dask-address", help="label the pool on an existing Dask scheduler")
+        s.add_argument("--train-processes", type=int, metavar="N",
+                       help="train each round with N torch DDP processes on this machine (gloo on CPU, nccl on GPU)")
         s.add_argument("--config", help="JSON file of STC config overrides")
         s.add_argument("--small", action="store_true", help="the demo's small model (minutes, not hours)")
         s.set_defaults(fn=fn)

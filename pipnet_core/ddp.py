@@ -3,21 +3,28 @@
 For teams whose datasets outgrow one machine: every process trains a replica on its shard of each
 epoch (``DistributedSampler``); gradients are averaged across processes after every backward pass,
 so the replicas stay identical. Backend ``gloo`` on CPU, ``nccl`` on GPUs. ``batch_size`` is per
-process (the effective batch is ``batch_size x world_size``). Rank 0 writes the checkpoint; it is
-the same file :func:`pipnet_core.train.train` writes, and resumes the same way.
+process (the effective batch is ``batch_size x world_size``), and ``TrainConfig.processes`` records
+the world size: it is part of what a checkpoint was trained with, so a run resumes only with the
+same number of processes. Rank 0 writes the checkpoint; it is the same file
+:func:`pipnet_core.train.train` writes, and resumes the same way. At the end every rank hashes its
+replica and rank 0 checks that all hashes agree (``--summary`` writes them out).
 
-Usage (one machine, two processes; ``--nnodes``/``--rdzv-endpoint`` for several machines)::
+Usage (one machine, two processes; docs/training.md for several machines)::
 
-    torchrun --nproc_per_node 2 -m pipnet_core.ddp --samples samples.npz --scheme 300w \\
+    torchrun --nproc-per-node 2 -m pipnet_core.ddp --samples samples.npz --scheme 300w \\
         --config config.json --out model.pt
 
 ``samples.npz`` comes from :meth:`pipnet_core.data.FaceDataset.to_npz`; ``config.json`` holds
-:meth:`pipnet_core.train.TrainConfig.to_dict` (missing keys take the defaults).
+:meth:`pipnet_core.train.TrainConfig.to_dict` (missing keys take the defaults; a missing
+``processes`` becomes the world size). The round's train step (flows/training.py) runs this for
+``processes > 1``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -32,7 +39,30 @@ from pipnet_core.data import FaceDataset
 from pipnet_core.schemes import Scheme, get_scheme, load_scheme
 from pipnet_core.train import TrainConfig, _fit, _World
 
-__all__ = ["main", "train_ddp"]
+__all__ = ["ReplicaMismatchError", "main", "replica_digest", "train_ddp"]
+
+
+class ReplicaMismatchError(RuntimeError):
+    """The ranks ended a run with different weights (a DDP bug or a rank that trained apart)."""
+
+
+def replica_digest(model: torch.nn.Module) -> str:
+    """sha256 of every parameter and buffer of ``model`` (names, shapes, dtypes and bytes, in key order)."""
+    h = hashlib.sha256()
+    for name, value in model.state_dict().items():
+        t = value.detach().cpu().contiguous().reshape(-1)  # 0-d buffers (num_batches_tracked) too
+        h.update(f"{name}:{tuple(value.shape)}:{t.dtype};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _check_replicas(model: torch.nn.Module, world_size: int) -> list[str]:
+    """Every rank's :func:`replica_digest`, gathered; raises on every rank if they differ."""
+    digests: list[Any] = [None] * world_size
+    dist.all_gather_object(digests, replica_digest(model))
+    if len(set(digests)) != 1:
+        raise ReplicaMismatchError(f"DDP replicas differ after training: {digests}")
+    return [str(d) for d in digests]
 
 
 def train_ddp(
@@ -45,6 +75,7 @@ def train_ddp(
     log: Callable[[dict[str, Any]], None] | None = None,
     backend: str | None = None,
     rank_weights: str | Path | None = None,
+    summary: str | Path | None = None,
 ) -> Path:
     """Train in a process group set up by torchrun (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ...).
 
@@ -54,9 +85,15 @@ def train_ddp(
         backend: ``"gloo"`` or ``"nccl"``; None picks nccl when CUDA is available, else gloo.
         rank_weights: A folder where every rank also saves the final state dict of its own replica
             as ``rank{r}.pt`` (to check that the replicas agree).
+        summary: A JSON file where rank 0 writes ``{"world_size", "backend", "device",
+            "replica_digests"}`` once every rank has finished.
 
     Returns:
         ``out_path`` (written by rank 0; every rank returns after it is complete).
+
+    Raises:
+        ValueError: ``config.processes`` is not the world size torchrun started.
+        ReplicaMismatchError: the replicas ended with different weights.
     """
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         raise RuntimeError(
@@ -69,6 +106,11 @@ def train_ddp(
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
+    if int(os.environ["WORLD_SIZE"]) != config.processes:
+        raise ValueError(
+            f"config.processes is {config.processes} but torchrun started {os.environ['WORLD_SIZE']} processes; "
+            f"set processes to {os.environ['WORLD_SIZE']} (nnodes x nproc-per-node) in the training config"
+        )
     dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
     try:
         world = _World(rank=dist.get_rank(), size=dist.get_world_size(), device=device)
@@ -77,6 +119,10 @@ def train_ddp(
             folder = Path(rank_weights)
             folder.mkdir(parents=True, exist_ok=True)
             torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / f"rank{world.rank}.pt")
+        digests = _check_replicas(model, world.size)
+        if summary is not None and world.rank == 0:
+            info = {"world_size": world.size, "backend": backend, "device": device.type, "replica_digests": digests}
+            Path(summary).write_text(json.dumps(info, indent=2))
         return path
     finally:
         dist.destroy_process_group()
@@ -97,9 +143,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--cache-crops", action="store_true", help="keep crops in memory")
     parser.add_argument("--rank-weights", help="folder where every rank also saves its final weights (tests)")
+    parser.add_argument("--summary", help="JSON file for rank 0's summary: world size, backend, replica digests")
     args = parser.parse_args(argv)
 
-    config = TrainConfig.from_dict(json.loads(Path(args.config).read_text())) if args.config else TrainConfig()
+    fields = json.loads(Path(args.config).read_text()) if args.config else {}
+    config = TrainConfig.from_dict(fields)
+    if "processes" not in fields:  # a hand-written config: the world torchrun started is the run's size
+        config = dataclasses.replace(config, processes=int(os.environ.get("WORLD_SIZE", 1)))
     scheme = _scheme(args.scheme)
     dataset = FaceDataset.from_npz(
         args.samples, input_size=config.input_size, flip=scheme.flip, cache_crops=args.cache_crops, seed=config.seed
@@ -118,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress=not args.no_progress,
         log=log if rank == 0 else None,
         rank_weights=args.rank_weights,
+        summary=args.summary,
     )
     return 0
 

@@ -45,6 +45,7 @@ def test_two_process_ddp_keeps_replicas_identical(tmp_path: Path) -> None:
         base_width=8,
         num_workers=0,
         channels_last=False,
+        processes=2,
     )
     (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
     out = tmp_path / "ddp.pt"
@@ -68,6 +69,8 @@ def test_two_process_ddp_keeps_replicas_identical(tmp_path: Path) -> None:
         "--no-progress",
         "--rank-weights",
         str(tmp_path / "ranks"),
+        "--summary",
+        str(tmp_path / "summary.json"),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -84,3 +87,21 @@ def test_two_process_ddp_keeps_replicas_identical(tmp_path: Path) -> None:
         assert torch.equal(r0[k], saved["model"][k]), f"checkpoint differs from rank 0 at {k}"
     # Training did happen (the heads moved off their N(0, 0.001) init).
     assert float(r0["x_layer.bias"].abs().max()) > 1e-4
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["backend"] == "gloo"
+    assert len(summary["replica_digests"]) == 2 and len(set(summary["replica_digests"])) == 1
+
+
+@pytest.mark.slow
+def test_a_config_for_another_world_size_is_refused(tmp_path: Path) -> None:
+    samples = _write_samples(tmp_path, count=4)
+    config = TrainConfig(epochs=1, batch_size=2, input_size=64, base_width=8, num_workers=0, processes=3)
+    (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+           "pipnet_core.ddp", "--samples", str(samples), "--scheme", "300w", "--config", str(tmp_path / "config.json"),
+           "--out", str(tmp_path / "x.pt"), "--no-progress"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "config.processes is 3 but torchrun started 2 processes" in proc.stderr + proc.stdout
+    assert not (tmp_path / "x.pt").exists()
