@@ -79,7 +79,9 @@ class STCConfig:
     shard_size: int = 256  # faces per shard task
     max_workers: int = 2  # bounded thread runner: Prefect's default one is unbounded
     dask_address: str | None = None  # an existing Dask scheduler, e.g. tcp://10.0.0.5:8786
-    backend: str = "onnx"  # ONNX Runtime: ~90% of the FMA peak vs ~50% for torch eager (bench/RESULTS.md)
+    # auto: torch CUDA with batches of 256 on a GPU; ONNX Runtime on a CPU (~90% of the FMA peak vs ~50% for
+    # torch eager, docs/speed.md section 3). "onnx" or "torch" to force one.
+    backend: str = "auto"
     flip_tta: bool = True  # flip disagreement is one of the confidence signals
     # --- review (annotations/review/candidates.py and audit.py)
     review_budget: float = 0.05  # share of the pool sent to people per round, all pushes of the round together

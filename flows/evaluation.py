@@ -80,9 +80,7 @@ def holdout_metrics(pred: np.ndarray, gt: np.ndarray, box_size: np.ndarray, sche
     }
 
 
-def calibrate_confidence(
-    signals: dict[str, np.ndarray], errors: np.ndarray, calib: np.ndarray, scheme: Scheme
-) -> Any:
+def calibrate_confidence(signals: dict[str, np.ndarray], errors: np.ndarray, calib: np.ndarray, scheme: Scheme) -> Any:
     """A :class:`~pipnet_core.confidence.ConfidenceModel` fitted on the ``calib`` faces, else the default one."""
     from pipnet_core.confidence import ConfidenceModel
     from pipnet_core.metrics import norm_distance
@@ -122,7 +120,7 @@ def predict_holdout(store: Store, k: int, cfg: STCConfig) -> HoldoutPrediction:
     boxes = inference_crop_boxes(samples, round_mapping(store, k), cfg.crop_scale)
     # measured as the pool is labeled (flip-averaged or plain, as the policy labels), so the calibrated
     # confidence predicts the error of the labels themselves
-    pred = predictor(store, k, cfg).predict(samples["image_uri"].tolist(), boxes, batch_size=32, flip_tta=cfg.flip_tta,
+    pred = predictor(store, k, cfg).predict(samples["image_uri"].tolist(), boxes, flip_tta=cfg.flip_tta,
                                             average_flip=cfg.policy().average_flip)  # fmt: skip
     ok = np.ones(len(samples), dtype=bool)
     for idx, _reason in pred.failed:

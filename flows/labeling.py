@@ -39,7 +39,7 @@ def label_shard(store_url: str, k: int, shard: str, cfg_json: str) -> dict[str, 
     policy = round_policy(store, k, cfg)  # the round's thresholds from reviewed faces, when it chose any
     # every pool face, the main heads' prediction; whether the flip view joins the label is the policy's call
     pred = predictor(store, k, cfg, confidence=model).predict(
-        samples["image_uri"].tolist(), boxes, batch_size=32, flip_tta=cfg.flip_tta, average_flip=policy.average_flip
+        samples["image_uri"].tolist(), boxes, flip_tta=cfg.flip_tta, average_flip=policy.average_flip
     )
     ok = np.ones(len(samples), dtype=bool)
     rejects = []

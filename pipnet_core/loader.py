@@ -69,7 +69,7 @@ def _worker_init(_: int) -> None:
     # per core in every worker and fight the training step for them.
     import cv2
 
-    cv2.setNumThreads(1)
+    cv2.setNumThreads(0)  # 0: no thread pool at all (1 hangs in a child forked after the parent used cv2's pool)
 
 
 def make_loader(

@@ -2,8 +2,9 @@
 
 The pool-labeling path of docs/speed.md section 3: images are read and cropped by a small thread pool
 (OpenCV releases the GIL while decoding and warping) a batch or two ahead of the model, so reading
-overlaps inference; the model runs through ONNX Runtime by default (~90% of the measured FMA peak on
-these CPUs against ~50% for torch eager fp32, docs/speed.md section 3) or torch; the decode
+overlaps inference; on a CPU the model runs through ONNX Runtime by default (~90% of the measured FMA
+peak on these CPUs against ~50% for torch eager fp32, docs/speed.md section 3), on a GPU through
+torch CUDA with large batches (pinned host buffers, asynchronous copies); the decode
 (official merge, docs/algorithm.md section 2.11) and the confidence signals are vectorised NumPy
 (:mod:`pipnet_core.decode`, :mod:`pipnet_core.confidence`).
 
@@ -32,9 +33,11 @@ from pipnet_core.model import IMAGENET_MEAN, IMAGENET_STD, PIPNet, PIPOutputs, n
 from pipnet_core.schemes import Scheme
 from pipnet_core.train import load_checkpoint
 
-__all__ = ["BACKENDS", "Prediction", "Predictor"]
+__all__ = ["BACKENDS", "CPU_BATCH", "GPU_BATCH", "Prediction", "Predictor", "resolve_backend"]
 
-BACKENDS = ("onnx", "torch")
+BACKENDS = ("auto", "onnx", "torch")
+GPU_BATCH = 256  # faces per model call on a GPU: ResNet-18 at 256 px needs hundreds to fill one
+CPU_BATCH = 32  # on a CPU larger batches gain nothing (docs/speed.md section 3)
 _PREFETCH_BATCHES = 2  # read this many batches ahead of the model: enough to hide decoding, bounded memory
 _MEAN_255 = np.array(IMAGENET_MEAN, dtype=np.float32) * 255
 _INV_STD_255 = 1.0 / (np.array(IMAGENET_STD, dtype=np.float32) * 255)
@@ -70,6 +73,28 @@ def _default_confidence(scheme: Scheme, meanface: np.ndarray) -> ConfidenceModel
     return ConfidenceModel.default(norm_distance=float(np.linalg.norm(meanface[a] - meanface[b])))
 
 
+def resolve_backend(backend: str, device: str = "auto") -> tuple[str, torch.device]:
+    """The backend and device a :class:`Predictor` runs on.
+
+    ``"auto"``: torch on CUDA when a GPU is present (and ``device`` allows it), else ONNX Runtime on
+    the CPU. ``"torch"`` runs on ``device`` (``"auto"``: CUDA when present). ``"onnx"`` is CPU only.
+
+    Raises:
+        ValueError: an unknown backend, or ``device="cuda"`` without a usable GPU.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but this torch ({torch.__version__}) sees no CUDA GPU; "
+                         "use device='auto' or 'cpu'")  # fmt: skip
+    gpu = torch.cuda.is_available() and device != "cpu"
+    if backend == "auto":
+        backend = "torch" if gpu else "onnx"
+    if backend == "onnx":
+        return backend, torch.device("cpu")
+    return backend, torch.device(device if device not in ("auto", "cuda") else ("cuda" if gpu else "cpu"))
+
+
 class Predictor:
     """A trained PIPNet ready to label faces.
 
@@ -78,10 +103,17 @@ class Predictor:
         table: Its neighbour table.
         scheme: Its landmark scheme.
         confidence: Confidence model; None gives :meth:`ConfidenceModel.default` for the scheme.
-        backend: ``"onnx"`` (ONNX Runtime, exported in memory) or ``"torch"``.
+        backend: ``"onnx"`` (ONNX Runtime, exported in memory), ``"torch"``, or ``"auto"`` (torch on
+            a GPU when present, else ONNX Runtime; :func:`resolve_backend`).
         num_threads: Threads of the ONNX Runtime session; for ``"torch"``, if given, it sets
             ``torch.set_num_threads`` (process-wide). None leaves the runtime's default.
-        num_workers: Threads reading and cropping images.
+        num_workers: Threads reading and cropping images; None: 2 on a CPU (the model needs the
+            cores), up to 16 on a GPU (reading is then the slower side).
+        meanface: (N, 2) mean face for the default confidence model; None: the scheme's.
+        device: Where the torch backend runs: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``.
+
+    Attributes:
+        batch_size: Faces per model call that suit the device (:data:`GPU_BATCH` or :data:`CPU_BATCH`).
     """
 
     def __init__(
@@ -92,11 +124,11 @@ class Predictor:
         confidence: ConfidenceModel | None = None,
         backend: str = "onnx",
         num_threads: int | None = None,
-        num_workers: int = 2,
+        num_workers: int | None = None,
         meanface: np.ndarray | None = None,
+        device: str = "auto",
     ) -> None:
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        backend, self.device = resolve_backend(backend, device)
         if table.num_landmarks != model.num_landmarks or table.num_nb != model.num_nb:
             raise ValueError("the neighbour table does not match the model's heads")
         self.model = model.eval()
@@ -106,7 +138,11 @@ class Predictor:
         self.confidence = confidence or _default_confidence(scheme, mf if mf is not None else np.zeros((1, 2)))
         self.backend = backend
         self.input_size = model.input_size
+        cuda = self.device.type == "cuda"
+        if num_workers is None:
+            num_workers = min(16, os.cpu_count() or 1) if cuda else 2
         self.num_workers = max(1, int(num_workers))
+        self.batch_size = GPU_BATCH if cuda else CPU_BATCH
         self._session = None
         if backend == "onnx":
             import onnxruntime as ort
@@ -125,7 +161,7 @@ class Predictor:
         else:
             if num_threads is not None:
                 torch.set_num_threads(int(num_threads))
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.model = self.model.to(self.device, memory_format=torch.channels_last)
 
     @classmethod
     def from_checkpoint(
@@ -134,7 +170,8 @@ class Predictor:
         backend: str = "onnx",
         num_threads: int | None = None,
         confidence: ConfidenceModel | None = None,
-        num_workers: int = 2,
+        num_workers: int | None = None,
+        device: str = "auto",
     ) -> Predictor:
         """Build from a training checkpoint; its attached confidence model is used unless one is given."""
         model, meta = load_checkpoint(path)
@@ -149,6 +186,7 @@ class Predictor:
             num_threads=num_threads,
             num_workers=num_workers,
             meanface=meta.meanface,
+            device=device,
         )
 
     # -- model ----------------------------------------------------------------------------------
@@ -161,9 +199,12 @@ class Predictor:
         """Raw outputs for normalised (B, 3, S, S) float32 input."""
         if self._session is not None:
             return PIPOutputs(*self._session.run(None, {"image": x}))
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        if self.device.type == "cuda":
+            t = t.pin_memory().to(self.device, non_blocking=True)  # the copy overlaps the queue of kernels
         with torch.inference_mode():
-            out = self.model(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
-        return PIPOutputs(*(o.float().numpy() for o in out))
+            out = self.model(t.contiguous(memory_format=torch.channels_last))
+        return PIPOutputs(*(o.float().cpu().numpy() for o in out))
 
     def predict_crops(
         self, crops: np.ndarray, flip_tta: bool = False, average_flip: bool = True
@@ -231,7 +272,7 @@ class Predictor:
         self,
         images: Sequence[str | Path | np.ndarray],
         crop_boxes: np.ndarray,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         flip_tta: bool = False,
         average_flip: bool = True,
     ) -> Prediction:
@@ -242,7 +283,7 @@ class Predictor:
                 may repeat for several faces.
             crop_boxes: (B, 4) crop boxes ``(x0, y0, x1, y1)`` in image pixels, in the model's crop
                 convention (see :func:`pipnet_core.crop.enlarge_box`).
-            batch_size: Faces per model call.
+            batch_size: Faces per model call; None: :attr:`batch_size` (256 on a GPU, 32 on a CPU).
             flip_tta: Also predict the mirrored crops (twice the compute): averaged landmarks and the
                 ``flip_disagreement`` signal.
             average_flip: With ``flip_tta``, average the two views (default); False keeps the plain
@@ -255,6 +296,7 @@ class Predictor:
         b, n = len(images), self.model.num_landmarks
         if boxes.shape != (b, 4):
             raise ValueError(f"crop_boxes must have shape ({b}, 4) for {b} images, got {boxes.shape}")
+        batch_size = self.batch_size if batch_size is None else batch_size
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         norm = np.full((b, n, 2), np.nan)

@@ -43,6 +43,7 @@ __all__ = [
     "TrainConfig",
     "load_checkpoint",
     "read_checkpoint_meta",
+    "resolve_device",
     "set_checkpoint_confidence",
     "train",
 ]
@@ -87,10 +88,24 @@ class _World:
     device: torch.device = torch.device("cpu")
 
 
-def _resolve_device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """``TrainConfig.device`` as a torch device: ``"auto"`` is CUDA when a GPU is present, else the CPU.
+
+    Raises:
+        ValueError: not a device name, or a CUDA device on a machine (or torch build) without one.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"TrainConfig.device {name!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"TrainConfig.device is {name!r} but this torch ({torch.__version__}) sees no CUDA GPU; "
+            "use device='auto' (CUDA when present) or 'cpu'"
+        )
+    return device
 
 
 def _seed_everything(seed: int) -> None:
@@ -242,7 +257,7 @@ def train(
     "meanface", "nb", "num_nb"}`` (plain data and tensors only); read it with :func:`load_checkpoint`.
     """
     path, _ = _fit(
-        config, dataset, scheme, Path(out_path), resume, progress, log, _World(device=_resolve_device(config.device))
+        config, dataset, scheme, Path(out_path), resume, progress, log, _World(device=resolve_device(config.device))
     )
     return path
 

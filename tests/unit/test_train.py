@@ -193,3 +193,40 @@ def test_a_narrow_net_trains_on_a_batch_of_seven(tmp_path: Path) -> None:
     ds = FaceDataset(paths, boxes, landmarks, input_size=64, flip=get_scheme("300w").flip)
     out = train(cfg, ds, get_scheme("300w"), tmp_path / "m.pt", progress=False)
     assert out.is_file()
+
+
+def test_loader_workers_change_no_weight(tmp_path: Path, faces: tuple) -> None:
+    # One persistent worker (items keyed by (epoch, index), crops cached before the fork) trains the
+    # same weights, bit for bit, as loading in the training process.
+    cfg = TrainConfig(epochs=2, batch_size=4, milestones=(1,), lr=1e-3, augment=AugmentConfig(), **TINY)
+    here = train(cfg, _dataset(faces, cache_crops=True), SCHEME, tmp_path / "w0.pt", progress=False)
+    worker = dataclasses.replace(cfg, num_workers=1)
+    there = train(worker, _dataset(faces, cache_crops=True), SCHEME, tmp_path / "w1.pt", progress=False)
+    a, b = torch.load(here, weights_only=True)["model"], torch.load(there, weights_only=True)["model"]
+    assert all(torch.equal(v, b[k]) for k, v in a.items())
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path: Path, faces: tuple) -> None:
+    cfg = TrainConfig(epochs=1, batch_size=4, augment=None, precision="bf16", device="cpu", **TINY)
+    logs: list[dict] = []
+    path = train(cfg, _dataset(faces), SCHEME, tmp_path / "bf16.pt", progress=False, log=logs.append)
+    assert np.isfinite(logs[0]["loss"])
+    weights = torch.load(path, weights_only=True)["model"]
+    assert weights["cls_layer.weight"].dtype == torch.float32  # autocast: the weights stay fp32
+
+
+def test_a_checkpoint_from_before_new_config_fields_resumes(tmp_path: Path, faces: tuple) -> None:
+    cfg = TrainConfig(epochs=2, batch_size=4, milestones=(1,), augment=None, **TINY)
+
+    def stop(record: dict) -> None:
+        raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        train(cfg, _dataset(faces), SCHEME, tmp_path / "old.pt", progress=False, log=stop)
+    raw = torch.load(tmp_path / "old.pt", weights_only=True)
+    for name in ("compile", "precision", "processes"):  # as a checkpoint of an earlier pipstc wrote it
+        del raw["config"][name]
+    torch.save(raw, tmp_path / "old.pt")
+    epochs: list[int] = []
+    train(cfg, _dataset(faces), SCHEME, tmp_path / "old.pt", progress=False, log=lambda r: epochs.append(r["epoch"]))
+    assert epochs == [2]
