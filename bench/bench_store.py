@@ -9,6 +9,9 @@ Reports, measured side by side in one run (docs/speed.md section 1):
 * read rate of ``Store.labels()`` into a LabelView (DataFrame + (R, 68, 2) numpy landmarks);
 * the current-label view over all rows against a plain pyarrow read of the same files and columns
   (target: under 2x);
+* memory: the resident memory (RSS) the current-label view holds and its peak while it is built, at
+  three store sizes on the way to ``--rows`` (the growth per label; docs/scale.md), and the same for
+  reading one round's partition with a filter instead of the whole view;
 * the store's write rate against the model's label rate (target: at least 20x). The model rate is
   measured in the same run with the core benchmark's end-to-end pool labelling
   (``bench_core.pool_labeling``: JPEG -> crop -> ONNX Runtime -> decode -> confidence, on 64 faces),
@@ -24,6 +27,7 @@ Usage: ``python bench/bench_store.py [--rows 1000000] [--batches 10] [--quick] [
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import os
 import shutil
@@ -59,6 +63,47 @@ def _timed(fn: Callable[[], object], repeats: int) -> tuple[float, float, object
         if wall < best:
             best, share = wall, (time.process_time() - c0) / wall
     return best, share, out
+
+
+def _rss() -> int:
+    """Resident set size of this process, bytes (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak() -> int:
+    """Peak RSS since the last :func:`_reset_peak`, bytes (VmHWM)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:  # "5" resets the peak RSS (Linux >= 4.0)
+        f.write("5")
+
+
+def _memory(fn: Callable[[], object]) -> tuple[float, int, int, int]:
+    """(seconds, rows, bytes the result holds, peak bytes above the start while it was built)."""
+    gc.collect()
+    base = _rss()
+    _reset_peak()
+    t0 = time.perf_counter()
+    out = fn()
+    seconds = time.perf_counter() - t0
+    held, peak = _rss() - base, _peak() - base
+    rows = len(out)
+    del out
+    gc.collect()
+    return seconds, rows, held, peak
+
+
+def _memory_lines(points: list[tuple[str, int, tuple[float, int, int, int]]]) -> list[str]:
+    lines = [f"{'memory (RSS)':44s} {'labels':>10s} {'rows':>10s} {'s':>6s} {'held MB':>8s} {'peak MB':>8s} "
+             f"{'held B/row':>10s} {'peak B/row':>10s}"]  # fmt: skip
+    for name, labels, (sec, rows, held, peak) in points:
+        lines.append(f"{name:44s} {labels:10,d} {rows:10,d} {sec:6.2f} {held / 2**20:8.0f} {peak / 2**20:8.0f} "
+                     f"{held / max(rows, 1):10,.0f} {peak / max(rows, 1):10,.0f}")  # fmt: skip
+    return lines
 
 
 def _samples(rows: int) -> pd.DataFrame:
@@ -139,11 +184,18 @@ def main(argv: list[str] | None = None) -> int:
         ids = np.char.add("s", np.arange(rows).astype(str)).astype(object)
         bounds = np.linspace(0, rows, args.batches + 1).astype(int)
         batches = [_batch(ids[a:b], rng, 1) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-        c0, t0 = time.process_time(), time.perf_counter()
-        for frame, lm, conf in batches:
+        write_s = write_cpu = 0.0
+        growth = []
+        checkpoints = {max(1, args.batches // 5), max(1, args.batches // 2)}
+        for i, (frame, lm, conf) in enumerate(batches, 1):
+            c0, t0 = time.process_time(), time.perf_counter()
             store.add_labels(frame, lm, landmark_confidence=conf)
-        write_s = time.perf_counter() - t0
-        write_share = (time.process_time() - c0) / write_s
+            write_s += time.perf_counter() - t0
+            write_cpu += time.process_time() - c0
+            if i in checkpoints and i < len(batches):  # the view's memory on the way (untimed for the write)
+                view = _memory(lambda: store.current_labels(splits=("pool",), for_training=False))
+                growth.append(("current_labels() view", int(bounds[i]), view))
+        write_share = write_cpu / write_s
         write_rate = rows / write_s
         frame, lm, conf = batches[-1]
         retry_s, _, _ = _timed(lambda: store.add_labels(frame, lm, landmark_confidence=conf), 1)
@@ -165,6 +217,12 @@ def main(argv: list[str] | None = None) -> int:
         view = store.current_labels(splits=("pool",), for_training=False)
         assert len(view) == rows
         del view
+        current = _memory(lambda: store.current_labels(splits=("pool",), for_training=False))
+        growth.append(("current_labels() view", rows, current))
+        growth.append(("labels(round=1) partition", rows, _memory(lambda: store.labels(round=1, source="pseudo"))))
+        subset = set(ids[:: max(1, rows // 10_000)].tolist())  # one shard's worth of samples, spread over all files
+        growth.append(("filtered read: 10k sample ids", rows, _memory(
+            lambda: ds.dataset(paths).to_table(filter=ds.field("sample_id").isin(list(subset))))))  # fmt: skip
         print()
         print(f"{'measure':44s} {'value':>16s}  {'cpu share':>9s}")
         print(f"{'write add_labels (labels/s)':44s} {write_rate:16,.0f}  {write_share:9.2f}")
@@ -182,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
             model_rate, origin = None, "--no-model"
         else:
             model_rate, origin = _core_rate(args.quick)
+        print()
+        print("\n".join(_memory_lines(growth)))
+        print()
         if model_rate:
             r = write_rate / model_rate
             print(f"{'model label rate (faces/s)':44s} {model_rate:16,.1f}  ({origin})")
