@@ -35,6 +35,7 @@ __all__ = [
     "stc",
     "stc_next_round",
     "stc_round",
+    "training_node",
 ]
 
 ROUND_STEPS = ("sync_reviews", "train", "evaluate", "calibrate", "label_pool", "review")
@@ -140,6 +141,20 @@ def stc_next_round(store: str, schedule: str | None = None, config: dict[str, An
         cfg = cfg.replace(schedule=schedule)
     print(f"scheduled STC: round {k} on {store}")
     return stc_round(store, k, cfg.to_dict())
+
+
+@flow(name="training-node", log_prints=True)
+def training_node(
+    store: str, round: int, nnodes: int, rdzv_endpoint: str, rdzv_id: str, config: dict[str, Any] | None = None
+) -> str:
+    """This machine's share of round ``round``'s training across ``nnodes`` machines (docs/training.md).
+
+    Start one run per machine with the same rendezvous; the machine that gets global rank 0 writes
+    the checkpoint into the (shared) store. The round's own train step then finds it finished.
+    """
+    cfg = resolve_config(store, round, config)
+    print(f"round {round}: training on {nnodes} machines, rendezvous {rdzv_id} at {rdzv_endpoint}")
+    return tasks.train_node(store, round, cfg.to_json(), nnodes, rdzv_endpoint, rdzv_id)
 
 
 @flow(name="review-sync")

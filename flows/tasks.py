@@ -28,6 +28,7 @@ __all__ = [
     "push_reviews",
     "recorded",
     "train",
+    "train_node",
     "write_report",
 ]
 
@@ -61,6 +62,12 @@ def train(store_url: str, k: int, cfg_json: str) -> str:
     if result.get("trained"):
         get_run_logger().info("round %d trained: %s", k, result["trained"])
     return str(result["checkpoint"])
+
+
+@task(name="train-node")
+def train_node(store_url: str, k: int, cfg_json: str, nnodes: int, rdzv_endpoint: str, rdzv_id: str) -> str:
+    nodes = training.NodeSet(nnodes=nnodes, rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id)
+    return training.train_round(store_url, k, _cfg(cfg_json), nodes=nodes)
 
 
 @task(name="evaluate")

@@ -41,6 +41,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointMeta",
     "TrainConfig",
+    "checkpoint_finished",
     "load_checkpoint",
     "read_checkpoint_meta",
     "resolve_device",
@@ -152,6 +153,18 @@ def _meta(ckpt: dict[str, Any]) -> CheckpointMeta:
 def read_checkpoint_meta(path: str | Path) -> CheckpointMeta:
     """The metadata of a checkpoint without building its model."""
     return _meta(_read(path))
+
+
+def checkpoint_finished(path: str | Path, config: TrainConfig) -> bool:
+    """Whether ``path`` holds a run of ``config`` that has trained all its epochs (nothing left to resume)."""
+    if not Path(path).is_file():
+        return False
+    ckpt = _read(path)
+    try:
+        _check_resume(ckpt["config"], config, Path(path))
+    except CheckpointError:
+        return False
+    return int(ckpt["epoch"]) >= config.epochs
 
 
 def _build_model(config: TrainConfig, num_landmarks: int, imagenet: bool) -> PIPNet:

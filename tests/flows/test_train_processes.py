@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -37,3 +39,27 @@ def test_a_round_trains_on_two_processes_with_identical_replicas(tiny_store: str
     assert replica_digest(model) == digests[0]
     raw = torch.load(checkpoints.checkpoint_path(store, 0), weights_only=True)
     assert {"model", "optimizer", "scheduler", "epoch", "config", "scheme", "meanface", "nb"} <= set(raw)
+
+
+@pytest.mark.slow
+def test_training_nodes_meet_at_a_c10d_rendezvous_and_the_round_uses_their_checkpoint(tiny_store: str) -> None:
+    # The multi-machine recipe of docs/training.md with one machine: a training-node run trains through a
+    # c10d rendezvous on a local port, then the round's own train step finds the checkpoint finished.
+    import socket
+
+    from flows.stc import training_node
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = TINY.replace(processes=2).to_dict()
+    out = training_node(tiny_store, 0, nnodes=1, rdzv_endpoint=f"127.0.0.1:{port}", rdzv_id="test-node", config=cfg)
+    store = Store.open(tiny_store)
+    assert out == checkpoints.checkpoint_path(store, 0)
+    stamp = Path(out).stat().st_mtime_ns
+    assert store.read_round_json(0, "training.json")["world_size"] == 2
+    assert "train" not in store.completed_steps(0)  # the node trains; the round records its own step
+
+    stc_round(tiny_store, 0, cfg)
+    assert Path(out).stat().st_mtime_ns == stamp  # not trained again
+    assert set(ROUND_STEPS) <= set(store.completed_steps(0))

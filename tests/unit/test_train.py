@@ -230,3 +230,15 @@ def test_a_checkpoint_from_before_new_config_fields_resumes(tmp_path: Path, face
     epochs: list[int] = []
     train(cfg, _dataset(faces), SCHEME, tmp_path / "old.pt", progress=False, log=lambda r: epochs.append(r["epoch"]))
     assert epochs == [2]
+
+
+def test_checkpoint_finished_only_for_a_complete_run_of_the_same_config(tmp_path: Path, faces: tuple) -> None:
+    from pipnet_core.train import checkpoint_finished
+
+    cfg = TrainConfig(epochs=1, batch_size=8, augment=None, **TINY)
+    assert not checkpoint_finished(tmp_path / "f.pt", cfg)
+    path = train(cfg, _dataset(faces), SCHEME, tmp_path / "f.pt", progress=False)
+    assert checkpoint_finished(path, cfg)
+    assert checkpoint_finished(path, dataclasses.replace(cfg, num_workers=1))  # a loader setting changes nothing
+    assert not checkpoint_finished(path, dataclasses.replace(cfg, epochs=2))  # more epochs to go
+    assert not checkpoint_finished(path, dataclasses.replace(cfg, lr=1e-3))  # another run
