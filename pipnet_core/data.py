@@ -16,6 +16,7 @@ reproduce an uninterrupted one. The training loader (:mod:`pipnet_core.loader`) 
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -35,6 +36,14 @@ __all__ = ["Batch", "FaceDataset", "TargetCollate"]
 LEVELS = ("std", "cls2", "cls3")
 
 
+def _memory_quarter() -> int:
+    """A quarter of this machine's physical memory, bytes (8 GiB where it cannot be read)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
 class FaceDataset(Dataset):
     """Faces for training: image files, crop boxes and landmarks in image pixels.
 
@@ -48,10 +57,13 @@ class FaceDataset(Dataset):
         flip: The scheme's flip table, or None (no flip augmentation).
         augment: Augmentation settings, or None for none (evaluation).
         cache_crops: Keep every crop in memory after its first read (per process; see
-            :meth:`precache` to fill it before loader workers fork).
+            :meth:`precache` to fill it before loader workers fork), up to ``cache_limit`` bytes.
         seed: Base seed of the augmentation randomness.
         tasks: Per-sample head set, regression switch, shrink exponent and weight (STLD's routing,
             :class:`pipnet_core.targets.SampleTasks`); None: the main heads with PIPNet's loss.
+        cache_limit: Bytes of crops to keep; None: a quarter of the machine's memory. A 256 px crop
+            is 192 KiB, so 100k faces would need 18 GiB: past the limit crops are read from their
+            files again each epoch (slower, docs/scale.md section 4, but never out of memory).
 
     Raises:
         ValueError: inconsistent lengths or shapes, or an unknown level (named with its row).
@@ -69,6 +81,7 @@ class FaceDataset(Dataset):
         cache_crops: bool = False,
         seed: int = 0,
         tasks: SampleTasks | None = None,
+        cache_limit: int | None = None,
     ) -> None:
         self.image_paths = [str(p) for p in image_paths]
         m = len(self.image_paths)
@@ -96,6 +109,7 @@ class FaceDataset(Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self._cache: dict[int, np.ndarray] = {}
+        self._cache_left = _memory_quarter() if cache_limit is None else int(cache_limit)
 
     @property
     def num_landmarks(self) -> int:
@@ -129,14 +143,17 @@ class FaceDataset(Dataset):
         if cached is not None:
             return cached
         crop = crop_image(read_image(self.image_paths[index]).rgb, self.crop_boxes[index], self.input_size)
-        if self.cache_crops:
+        if self.cache_crops and crop.nbytes <= self._cache_left:
             self._cache[index] = crop
+            self._cache_left -= crop.nbytes
         return crop
 
     def precache(self) -> None:
-        """Read every crop now (so loader workers forked later share them instead of re-reading)."""
+        """Read every crop now, up to the cache limit (so loader workers forked later share them)."""
         if self.cache_crops:
             for i in range(len(self)):
+                if self._cache_left < self.input_size * self.input_size * 3:
+                    break
                 self.load_crop(i)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:

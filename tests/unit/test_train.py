@@ -242,3 +242,13 @@ def test_checkpoint_finished_only_for_a_complete_run_of_the_same_config(tmp_path
     assert checkpoint_finished(path, dataclasses.replace(cfg, num_workers=1))  # a loader setting changes nothing
     assert not checkpoint_finished(path, dataclasses.replace(cfg, epochs=2))  # more epochs to go
     assert not checkpoint_finished(path, dataclasses.replace(cfg, lr=1e-3))  # another run
+
+
+def test_crop_cache_stops_at_its_limit(faces: tuple) -> None:
+    crop_bytes = 64 * 64 * 3
+    ds = _dataset(faces, cache_crops=True, cache_limit=3 * crop_bytes + 10)
+    ds.precache()
+    assert len(ds._cache) == 3  # bounded: the other five are read from their files when asked for
+    np.testing.assert_array_equal(ds.load_crop(6), _dataset(faces).load_crop(6))
+    assert len(ds._cache) == 3
+    assert len(_dataset(faces, cache_crops=True)._cache) == 0  # filled lazily, or by precache()
