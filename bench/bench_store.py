@@ -27,10 +27,11 @@ Usage: ``python bench/bench_store.py [--rows 1000000] [--batches 10] [--quick] [
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -65,36 +66,50 @@ def _timed(fn: Callable[[], object], repeats: int) -> tuple[float, float, object
     return best, share, out
 
 
-def _rss() -> int:
-    """Resident set size of this process, bytes (Linux /proc)."""
+_PROBE = """
+import gc, json, os, sys, time
+sys.path.insert(0, {root!r})
+import pyarrow.dataset as ds
+from annotations.store import Store
+
+def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-
-def _peak() -> int:
-    """Peak RSS since the last :func:`_reset_peak`, bytes (VmHWM)."""
+def peak():
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))
+
+store = Store.open({url!r})
+what = {what!r}
+gc.collect()
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak (VmHWM) to the current RSS
+base, t0 = rss(), time.perf_counter()
+if what == "current":
+    out = store.current_labels(splits=("pool",), for_training=False)
+elif what == "partition":
+    out = store.labels(round=1, source="pseudo")
+else:
+    import glob
+    paths = sorted(glob.glob(os.path.join({url!r}, "labels", "**", "part-*.parquet"), recursive=True))
+    ids = [f"s{{i}}" for i in range(0, {rows}, max(1, {rows} // 10_000))]
+    out = ds.dataset(paths).to_table(filter=ds.field("sample_id").isin(ids))
+seconds = time.perf_counter() - t0
+print(json.dumps({{"seconds": seconds, "rows": len(out), "held": rss() - base, "peak": peak() - base}}))
+"""
 
 
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:  # "5" resets the peak RSS (Linux >= 4.0)
-        f.write("5")
+def _memory(url: Path, what: str, rows: int) -> tuple[float, int, int, int]:
+    """(seconds, rows, bytes the result holds, peak bytes above the start) of one read, in a fresh process.
 
-
-def _memory(fn: Callable[[], object]) -> tuple[float, int, int, int]:
-    """(seconds, rows, bytes the result holds, peak bytes above the start while it was built)."""
-    gc.collect()
-    base = _rss()
-    _reset_peak()
-    t0 = time.perf_counter()
-    out = fn()
-    seconds = time.perf_counter() - t0
-    held, peak = _rss() - base, _peak() - base
-    rows = len(out)
-    del out
-    gc.collect()
-    return seconds, rows, held, peak
+    A fresh interpreter per measurement: Arrow's and the C allocator's pools keep freed memory
+    resident, so deltas measured one after another in one process under-count.
+    """
+    code = _PROBE.format(root=str(Path(__file__).resolve().parents[1]), url=str(url), what=what, rows=rows)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    m = json.loads(proc.stdout.strip().splitlines()[-1])
+    return m["seconds"], m["rows"], m["held"], m["peak"]
 
 
 def _memory_lines(points: list[tuple[str, int, tuple[float, int, int, int]]]) -> list[str]:
@@ -193,8 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             write_s += time.perf_counter() - t0
             write_cpu += time.process_time() - c0
             if i in checkpoints and i < len(batches):  # the view's memory on the way (untimed for the write)
-                view = _memory(lambda: store.current_labels(splits=("pool",), for_training=False))
-                growth.append(("current_labels() view", int(bounds[i]), view))
+                growth.append(("current_labels() view", int(bounds[i]), _memory(url, "current", rows)))
         write_share = write_cpu / write_s
         write_rate = rows / write_s
         frame, lm, conf = batches[-1]
@@ -217,12 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         view = store.current_labels(splits=("pool",), for_training=False)
         assert len(view) == rows
         del view
-        current = _memory(lambda: store.current_labels(splits=("pool",), for_training=False))
-        growth.append(("current_labels() view", rows, current))
-        growth.append(("labels(round=1) partition", rows, _memory(lambda: store.labels(round=1, source="pseudo"))))
-        subset = set(ids[:: max(1, rows // 10_000)].tolist())  # one shard's worth of samples, spread over all files
-        growth.append(("filtered read: 10k sample ids", rows, _memory(
-            lambda: ds.dataset(paths).to_table(filter=ds.field("sample_id").isin(list(subset))))))  # fmt: skip
+        growth.append(("current_labels() view", rows, _memory(url, "current", rows)))
+        growth.append(("labels(round=1) partition", rows, _memory(url, "partition", rows)))
+        # one shard's worth of samples spread over all files, read with a filter instead of a whole view
+        growth.append(("filtered read: 10k sample ids", rows, _memory(url, "filtered", rows)))
         print()
         print(f"{'measure':44s} {'value':>16s}  {'cpu share':>9s}")
         print(f"{'write add_labels (labels/s)':44s} {write_rate:16,.0f}  {write_share:9.2f}")

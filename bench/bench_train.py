@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import resource
 import statistics
 import sys
@@ -63,6 +64,16 @@ def cpu_seconds() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a live process, from /proc (loader workers are not reaped until the end)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def write_faces(folder: Path, count: int, size: int) -> tuple[list[Path], np.ndarray]:
@@ -203,6 +214,10 @@ class LoopStep:
             self.it = iter(self.loader)
             return next(self.it)
 
+    def worker_cpu(self) -> float:
+        """CPU seconds the loader's live workers have used (0 without workers)."""
+        return sum(proc_cpu(w.pid) for w in getattr(self.it, "_workers", []) if w.pid)
+
     def step(self) -> None:
         batch = self._batch()
         images = normalise_batch(batch.images, channels_last=self.config.channels_last)
@@ -213,19 +228,30 @@ class LoopStep:
         b.opt.step()
 
 
-def paired_row(loop: LoopStep, bare: BareStep, steps: int) -> dict[str, float]:
-    """Loop and bare steps in turn; images/s of each over the same stretch of time."""
+def paired_row(loop: LoopStep, bare: BareStep, steps: int, threads: int) -> dict[str, float]:
+    """Loop and bare steps in turn: images/s of each over the same stretch of time, and their CPU work.
+
+    On a shared machine the wall-clock rates swing with the load; the CPU seconds a step costs do
+    not. ``idle_ratio`` is the loop / bare ratio the CPU work implies on idle cores, counting all of
+    the loop's extra work as serial (it adds its full CPU time to the step's wall time): conservative.
+    """
     loop.step()
     bare.step()
-    t_loop = t_bare = 0.0
+    wall = {"loop": 0.0, "bare": 0.0}
+    cpu = {"loop": 0.0, "bare": 0.0}
+    w0 = loop.worker_cpu()
     for _ in range(steps):
-        t0 = time.perf_counter()
-        loop.step()
-        t1 = time.perf_counter()
-        bare.step()
-        t_loop, t_bare = t_loop + t1 - t0, t_bare + time.perf_counter() - t1
-    b = bare.batch
-    return {"loop": steps * b / t_loop, "bare": steps * b / t_bare}
+        for key, fn in (("loop", loop.step), ("bare", bare.step)):
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            wall[key] += time.perf_counter() - t0
+            cpu[key] += time.process_time() - c0
+    cpu["loop"] += loop.worker_cpu() - w0
+    b = bare.batch * steps
+    extra = max(cpu["loop"] - cpu["bare"], 0.0)
+    return {"loop": b / wall["loop"], "bare": b / wall["bare"], "loop_cpu": b / cpu["loop"],
+            "bare_cpu": b / cpu["bare"], "share": (cpu["loop"] + cpu["bare"]) / sum(wall.values()) / threads,
+            "idle_ratio": (cpu["bare"] / threads) / (cpu["bare"] / threads + extra)}  # fmt: skip
 
 
 def timed_ms(fn: Callable[[], object], n: int) -> float:
@@ -321,11 +347,12 @@ def main() -> None:
             mm = matmul_row(mm_n, 0.5 if args.quick else 3.0, threads)
             step = bare_row(bare, args.steps, threads)
             loop = loop_row(config, dataset, args.epochs, threads, Path(tmp))
-            pair = paired_row(looped, bare, args.steps)
+            pair = paired_row(looped, bare, args.steps, threads)
             rows.append((mm, step, loop, pair))
             print(f"round {r + 1}: matmul {mm['gflops']:.0f} GFLOP/s, bare {step['ips']:.2f} img/s, "
                   f"train() {loop['ips']:.2f} img/s ({loop['ips'] / step['ips']:.3f}), paired loop/bare "
-                  f"{pair['loop'] / pair['bare']:.3f}", flush=True)  # fmt: skip
+                  f"{pair['loop'] / pair['bare']:.3f} wall, {pair['loop_cpu'] / pair['bare_cpu']:.3f} CPU work, "
+                  f"{pair['idle_ratio']:.3f} idle estimate", flush=True)  # fmt: skip
         lines = _table(config, args, rows, gflop, threads, first)
         if args.profile:
             lines += ["", *profile(config, dataset, bare, max(2, args.steps // 2))]
@@ -350,8 +377,8 @@ def _table(
         "",
         "| round | matmul GFLOP/s (share) | bare step img/s | GFLOP/s (% of matmul) | share "
         "| train() img/s | GFLOP/s (% of matmul) | share | checkpoint s/epoch | train() / bare "
-        "| paired: loop step img/s / bare step img/s | **paired loop / bare** |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| paired: loop / bare img/s (share) | paired loop / bare, wall | per CPU-second | **idle estimate** |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r, (mm, step, loop, pair) in enumerate(rows, 1):
         sf, lf, mf = 3 * gflop * step["ips"], 3 * gflop * loop["ips"], mm["gflops"]
@@ -359,14 +386,17 @@ def _table(
             f"| {r} | {mf:.0f} ({mm['share']:.2f}) | {step['ips']:.2f} | {sf:.0f} ({100 * sf / mf:.0f}%) "
             f"| {step['share']:.2f} | {loop['ips']:.2f} | {lf:.0f} ({100 * lf / mf:.0f}%) | {loop['share']:.2f} "
             f"| {loop['checkpoint_s']:.2f} | {loop['ips'] / step['ips']:.3f} "
-            f"| {pair['loop']:.2f} / {pair['bare']:.2f} | **{pair['loop'] / pair['bare']:.3f}** |"
+            f"| {pair['loop']:.2f} / {pair['bare']:.2f} ({pair['share']:.2f}) | {pair['loop'] / pair['bare']:.3f} "
+            f"| {pair['loop_cpu'] / pair['bare_cpu']:.3f} | **{pair['idle_ratio']:.3f}** |"
         )
     ratios = [loop["ips"] / step["ips"] for _, step, loop, _ in rows]
     paired = [pair["loop"] / pair["bare"] for *_, pair in rows]
+    idle = [pair["idle_ratio"] for *_, pair in rows]
     lines += [
         "",
-        f"median train() / bare step (rows side by side): {statistics.median(ratios):.3f}; median paired loop / bare "
-        f"step (steps in turn): **{statistics.median(paired):.3f}** (target >= 0.95)",
+        f"medians: train() / bare step (rows side by side) {statistics.median(ratios):.3f}; paired loop / bare step "
+        f"(steps in turn) {statistics.median(paired):.3f} wall; idle-core estimate from CPU work "
+        f"**{statistics.median(idle):.3f}** (target >= 0.95)",
     ]
     return lines
 
