@@ -306,6 +306,26 @@ def profile(config: TrainConfig, dataset: FaceDataset, bare: BareStep, steps: in
     return lines
 
 
+def _compile_vs_eager(config: TrainConfig, compiled: BareStep, steps: int, threads: int) -> list[str]:
+    """The compiled bare step against the eager one, stepped in turn (wall and CPU work)."""
+    eager = BareStep(dataclasses.replace(config, compile=False))
+    eager.step()
+    wall, cpu = {"c": 0.0, "e": 0.0}, {"c": 0.0, "e": 0.0}
+    for _ in range(steps):
+        for key, b in (("c", compiled), ("e", eager)):
+            t0, c0 = time.perf_counter(), time.process_time()
+            b.step()
+            wall[key] += time.perf_counter() - t0
+            cpu[key] += time.process_time() - c0
+    n = steps * compiled.batch
+    return [
+        "| bare step, in turn | eager img/s | compiled img/s | compiled / eager, wall | compiled / eager, CPU work |",
+        "|---|---|---|---|---|",
+        f"| {steps} steps each | {n / wall['e']:.2f} | {n / wall['c']:.2f} | {wall['e'] / wall['c']:.3f} "
+        f"| {cpu['e'] / cpu['c']:.3f} |",
+    ]
+
+
 def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=3, help="alternations of the rows")
@@ -354,6 +374,8 @@ def main() -> None:
                   f"{pair['loop'] / pair['bare']:.3f} wall, {pair['loop_cpu'] / pair['bare_cpu']:.3f} CPU work, "
                   f"{pair['idle_ratio']:.3f} idle estimate", flush=True)  # fmt: skip
         lines = _table(config, args, rows, gflop, threads, first)
+        if config.compile:
+            lines += ["", *_compile_vs_eager(config, bare, args.steps, threads)]
         if args.profile:
             lines += ["", *profile(config, dataset, bare, max(2, args.steps // 2))]
     text = "\n".join(lines)
