@@ -67,7 +67,7 @@ def train(store_url: str, k: int, cfg_json: str) -> str:
 @task(name="train-node")
 def train_node(store_url: str, k: int, cfg_json: str, nnodes: int, rdzv_endpoint: str, rdzv_id: str) -> str:
     nodes = training.NodeSet(nnodes=nnodes, rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id)
-    return training.train_round(store_url, k, _cfg(cfg_json), nodes=nodes)
+    return str(training.train_round(store_url, k, _cfg(cfg_json), nodes=nodes)["checkpoint"])
 
 
 @task(name="evaluate")

@@ -5,7 +5,10 @@ the paper's STC and pipstc's schedules, pretraining then fine-tuning for STLD. T
 the stages in order, whatever the schedule: it picks each stage's faces and their tasks
 (:func:`pipnet_core.stages.stage_samples`), resolves where the stage's weights start, and trains
 into the stage's checkpoint in the round folder. Every stage resumes like ``model.pt`` does: a
-finished stage is not trained again, an interrupted one continues from its last epoch.
+finished stage is not trained again, an interrupted one continues from its last epoch. A stage
+whose ``TrainConfig.processes`` is above 1 trains with torch DDP through torchrun
+(:mod:`flows.ddp_launch`); how each stage trained, with its per-epoch records, is kept in the round's
+``training.json``.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ from annotations.store import Store
 from annotations.store.training import TrainingSet, training_set
 from flows.checkpoints import checkpoint_path, has_checkpoint, is_local
 from flows.config import STCConfig
+from flows.ddp_launch import NodeSet, train_with_torchrun
 from flows.errors import UserError
 from pipnet_core.config import TrainConfig
 from pipnet_core.stages import Stage, StageSamples, describe_stage, stage_samples
 
-__all__ = ["stage_config", "stage_start", "train_round"]
+__all__ = ["NodeSet", "stage_config", "stage_start", "train_round"]
 
 # The pretraining lineage lives in this file of every round that pretrains (STLD).
 PRETRAIN_CHECKPOINT = "pretrain.pt"
@@ -68,22 +72,31 @@ def stage_config(cfg: STCConfig, k: int, stage: Stage, init_from: str | None) ->
 
 
 def _stage_done(path: str, tcfg: TrainConfig) -> bool:
-    """A stage whose checkpoint already holds all its epochs with the same settings (a resumed round)."""
-    from pipnet_core.train import read_checkpoint_meta
+    """A stage whose checkpoint already holds all its epochs with the same settings (a resumed round, or
+    one that training nodes trained, docs/training.md); loader workers and device may differ."""
+    from pipnet_core.train import checkpoint_finished
 
-    if not os.path.isfile(path):
-        return False
-    meta = read_checkpoint_meta(path)
-    return meta.epoch >= tcfg.epochs and meta.config == tcfg
+    return checkpoint_finished(path, tcfg)
+
+
+def _fit_stage(tcfg: TrainConfig, dataset: Any, scheme: Any, out: str, progress: bool,
+               nodes: NodeSet | None) -> dict[str, Any] | None:  # fmt: skip
+    """Train ``out`` here (one process) or with torch DDP; the record for training.json (None: not rank 0's machine)."""
+    if tcfg.processes > 1 or nodes is not None:
+        return train_with_torchrun(tcfg, dataset, scheme, out, progress, nodes)
+    from pipnet_core.train import train
+
+    epochs: list[dict[str, Any]] = []
+    train(tcfg, dataset, scheme, out, resume=True, progress=progress, log=epochs.append)
+    return {"processes": 1, "epochs": epochs}
 
 
 def _train_stage(
     store: Store, k: int, data: TrainingSet, chosen: StageSamples, tcfg: TrainConfig, cfg: STCConfig, name: str,
-    progress: bool,
-) -> str:  # fmt: skip
-    """Train one stage on the faces ``chosen`` into ``name`` in round k's folder; returns its local path."""
+    progress: bool, nodes: NodeSet | None = None,
+) -> tuple[str, dict[str, Any] | None]:  # fmt: skip
+    """Train one stage on the faces ``chosen`` into ``name`` in round k's folder; its local path and record."""
     from pipnet_core.data import FaceDataset
-    from pipnet_core.train import train
 
     rows = chosen.index
     dataset = FaceDataset(
@@ -99,15 +112,39 @@ def _train_stage(
     )
     out = checkpoint_path(store, k, name) if is_local(store) else os.path.join(tempfile.mkdtemp(), name)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
+    record: dict[str, Any] | None = {"processes": tcfg.processes, "epochs": [], "finished_before": True}
     if not (is_local(store) and _stage_done(out, tcfg)):
-        train(tcfg, dataset, store.scheme, out, resume=True, progress=progress)
-    if not is_local(store):
+        if nodes is not None:  # one rendezvous per stage: torchrun's c10d store lives as long as one run
+            nodes = dataclasses.replace(nodes, rdzv_id=f"{nodes.rdzv_id}-{name.removesuffix('.pt')}")
+        record = _fit_stage(tcfg, dataset, store.scheme, out, progress, nodes)
+    if record is not None and not is_local(store):
         store.write_round_file(k, name, Path(out).read_bytes())
-    return out
+    return out, record
 
 
-def train_round(store_url: str, k: int, cfg: STCConfig, progress: bool = True) -> dict[str, Any]:
+def _training_log(store: Store, k: int, records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """round k's training.json: per stage, how it trained (processes, replica digests) and its epochs,
+    keeping the epochs an interrupted earlier attempt logged before this one resumed."""
+    before = (store.read_round_json(k, "training.json", default=None) or {}).get("stages", {})
+    out = {}
+    for name, record in records.items():
+        if record.get("finished_before") and name in before:
+            out[name] = before[name]
+            continue
+        first = min((e["epoch"] for e in record["epochs"]), default=None)
+        kept = [e for e in before.get(name, {}).get("epochs", []) if first is None or e["epoch"] < first]
+        out[name] = {**record, "epochs": kept + record["epochs"]}
+    return {"stages": out}
+
+
+def train_round(
+    store_url: str, k: int, cfg: STCConfig, progress: bool = True, nodes: NodeSet | None = None
+) -> dict[str, Any]:
     """Train round k's stages into the round folder; resumes an interrupted training of the same round.
+
+    A stage with ``processes > 1`` trains with torch DDP on this machine (:mod:`flows.ddp_launch`);
+    with ``nodes`` this machine takes its share of a training across machines (docs/training.md), and
+    only the machine that gets global rank 0 writes the round's files.
 
     Returns:
         ``{"checkpoint": the round's model.pt, "trained": one line per stage joined by "; ",
@@ -126,6 +163,8 @@ def train_round(store_url: str, k: int, cfg: STCConfig, progress: bool = True) -
         raise RuntimeError(f"schedule {cfg.schedule!r}: the last stage of round {k} must write model.pt")
     previous: str | None = None
     done: list[dict[str, Any]] = []
+    records: dict[str, dict[str, Any]] = {}
+    writer = True  # False on a training node whose machine did not hold rank 0
     for stage in stages:
         chosen = stage_samples(stage, data.sources, data.levels)
         init_from = stage_start(store, k, stage, cfg, previous)
@@ -135,12 +174,19 @@ def train_round(store_url: str, k: int, cfg: STCConfig, progress: bool = True) -
             previous = init_from
             continue
         tcfg = stage_config(cfg, k, stage, init_from)
-        previous = _train_stage(store, k, data, chosen, tcfg, cfg, stage.checkpoint, progress)
+        previous, record = _train_stage(store, k, data, chosen, tcfg, cfg, stage.checkpoint, progress, nodes)
+        if record is None:
+            writer = False
+        else:
+            records[stage.name] = record
         done.append({"name": stage.name, "epochs": tcfg.epochs, "checkpoint": stage.checkpoint,
                      "start": stage.start, "init_from": init_from, "groups": chosen.groups})  # fmt: skip
     if previous is None or done[-1].get("skipped"):
         raise RuntimeError(f"round {k}: the {stages[-1].name} stage of schedule {cfg.schedule!r} has no faces")
     trained = "; ".join(_describe(d) for d in done)
+    if not writer:
+        return {"checkpoint": str(previous), "trained": trained, "stages": done}
+    store.write_round_json(k, "training.json", _training_log(store, k, records))
     store.write_round_json(k, "boxmap.json", fit_crop_mapping(store).to_dict())
     store.write_round_json(k, "training_set.json", {"faces": len(data), "levels": data.counts(),
                                                     "sources": _source_counts(data), "trained": trained,

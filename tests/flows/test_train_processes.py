@@ -23,7 +23,7 @@ def test_a_round_trains_on_two_processes_with_identical_replicas(tiny_store: str
     assert set(ROUND_STEPS) <= set(store.completed_steps(0))
     assert np.isfinite(result["metrics"]["nme"])
 
-    training = store.read_round_json(0, "training.json")
+    training = store.read_round_json(0, "training.json")["stages"]["train"]
     assert training["processes"] == training["world_size"] == 2 and training["backend"] == "gloo"
     digests = training["replica_digests"]
     assert len(digests) == 2 and digests[0] == digests[1]  # every rank ended with the same weights
@@ -57,7 +57,7 @@ def test_training_nodes_meet_at_a_c10d_rendezvous_and_the_round_uses_their_check
     store = Store.open(tiny_store)
     assert out == checkpoints.checkpoint_path(store, 0)
     stamp = Path(out).stat().st_mtime_ns
-    assert store.read_round_json(0, "training.json")["world_size"] == 2
+    assert store.read_round_json(0, "training.json")["stages"]["train"]["world_size"] == 2
     assert "train" not in store.completed_steps(0)  # the node trains; the round records its own step
 
     stc_round(tiny_store, 0, cfg)

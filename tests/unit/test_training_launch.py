@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.training import torchrun_command, torchrun_env
+from flows.ddp_launch import torchrun_command, torchrun_env
 
 
 def test_torchrun_command_for_one_machine_and_for_several() -> None:
