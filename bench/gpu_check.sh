@@ -3,7 +3,7 @@
 # same weights (1e-3 relative), then training (fp32, bf16) and pool-labeling images/s at batch 64 and 256.
 #
 #   bash bench/gpu_check.sh                 # needs a CUDA torch wheel and the project's dependencies
-#   PYTHON=/path/to/python bash bench/gpu_check.sh --out bench/out/gpu.md
+#   PYTHON=/path/to/python bash bench/gpu_check.sh --out /tmp/gpu-check.txt   # the markdown table, also saved
 #   bash bench/gpu_check.sh --smoke         # on a CPU: checks the script itself, measures nothing
 #
 # Exit status: 0 all agreed, 1 the CUDA and CPU losses disagreed, 2 no GPU visible.
