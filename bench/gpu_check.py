@@ -149,7 +149,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, help="also write the markdown here")
     args = ap.parse_args()
     if args.smoke:
-        toy = TrainConfig(input_size=64, base_width=16, net_stride=16)  # width 8 + channels_last: see uses_channels_last
+        toy = TrainConfig(input_size=64, base_width=16, net_stride=16)  # width 8: see uses_channels_last
         device, config, batches, seconds, count = torch.device("cpu"), toy, (4, 8), 0.5, 16
     elif not torch.cuda.is_available():
         print(f"no CUDA GPU visible to torch {torch.__version__}: install a CUDA torch wheel on a GPU machine "
