@@ -44,10 +44,12 @@ class TrainConfig:
     seed: int = 0  # seeds torch, numpy, random and the per-sample augmentation
     # Loader processes; None: auto (resolved_num_workers). Augmenting a crop costs ~1 ms against ~65 ms of
     # training step on 2 CPU cores, so on small CPU machines a worker only steals a core from the step
-    # (bench/RESULTS.md, "Training loop"); a GPU needs several to keep up.
+    # (bench/RESULTS.md, "Training speed"); a GPU needs several to keep up.
     num_workers: int | None = None
     channels_last: bool = True  # NHWC convolutions: ~15% faster training on CPU (docs/speed.md section 4)
-    compile: bool = False  # torch.compile the model: ~+8% step rate on CPU for a ~30 s compile (bench/RESULTS.md)
+    # torch.compile the model: off, measured (bench/RESULTS.md, "Training speed"): ~30 s idle (6 min loaded) to
+    # compile for no CPU-work gain measured here, +8% step rate on an idle day; worth it for long rounds.
+    compile: bool = False
     precision: str = "fp32"  # "fp32" or "bf16" (autocast; for GPUs: without AMX a CPU runs bf16 ~28% slower)
     device: str = "auto"  # "auto": CUDA when available, else CPU
     processes: int = 1  # data-parallel processes (torch DDP via torchrun); batch_size is per process

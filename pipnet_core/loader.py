@@ -1,9 +1,10 @@
 """The training loader: one DataLoader for the whole run, keyed by (epoch, index), feeding the step.
 
-Where a training step's time goes (bench/bench_train.py, bench/RESULTS.md "Training loop"): at
+Where a training step's time goes (bench/bench_train.py, bench/RESULTS.md "Training speed"): at
 256 px on two CPU cores the step (forward, loss, backward, Adam) takes ~65 ms per image; reading a
-cached crop, augmenting it (~1 ms), building the batch's targets (~0.2 ms per image) and normalising
-it (a table look-up, ~0.3 ms per image) take about 2% of that. So on a small CPU machine the loader
+cached crop and augmenting it (~1.8 CPU ms per image), building the batch's targets and collating
+(~0.15 ms per image) and normalising it (a table look-up, ~0.3 ms per image) take about 1.4% of the
+step's CPU. So on a small CPU machine the loader
 runs in the training process (``num_workers=0``): a worker process would do the same 2% of work on
 a core the step's threads need, and every time it runs, the step's two-thread OpenMP team waits for
 the thread it displaced. With more cores, or a GPU that needs hundreds of images per second, workers

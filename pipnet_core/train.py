@@ -316,8 +316,8 @@ def _adam(model: PIPNet, config: TrainConfig) -> torch.optim.Adam:
     """The official Adam, as one fused kernel per parameter where this torch has it.
 
     The for-loop Adam that torch picks on a CPU by default walks each of the ~60 parameter tensors
-    with a dozen separate element-wise passes: measured at about a tenth of a 256 px training step
-    on 2 cores, a fused pass a third of that (bench/RESULTS.md, "Training loop"). Same algorithm and
+    with a dozen separate element-wise passes: measured at 2.7% of a 256 px training step's CPU on
+    2 cores, the fused pass at 1.3% (bench/RESULTS.md, "Training speed"). Same algorithm and
     state; the last bits of the update differ from the for-loop version, so a run keeps the variant
     it started with (resuming loads the saved flag).
     """
