@@ -148,7 +148,7 @@ def decode(
     merged = estimates.mean(axis=2)
     spread = np.sqrt(((estimates - merged[:, :, None, :]) ** 2).sum(axis=-1).mean(axis=-1))
 
-    coarse = [m for m in (cls2, cls3) if m is not None]
+    coarse = [m for m in (cls2, cls3) if m is not None and np.asarray(m).shape[-1] > 0]  # 0x0: grid too small
     agreement = coarse_agreement(merged, [np.asarray(m) for m in coarse]).astype(dtype) if coarse else None
     return Decoded(
         landmarks=merged.astype(dtype),

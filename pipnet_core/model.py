@@ -51,6 +51,7 @@ __all__ = [
     "create_model",
     "load_pipnet_weights",
     "normalise_batch",
+    "upgrade_state_dict",
 ]
 
 # ImageNet normalisation of torchvision's models, used by the official code (docs/algorithm.md section 2.1).
@@ -62,6 +63,9 @@ NET_STRIDES = (16, 32, 64, 128)
 HEAD_INIT_STD = 0.001
 # The second head set's modules (STLD's shrink head); every parameter name under them starts "aux_".
 AUX_HEADS = ("aux_cls_layer", "aux_x_layer", "aux_y_layer", "aux_nb_x_layer", "aux_nb_y_layer")
+# Parameters pipstc added after its first checkpoints were written. The stride-64/128 blocks gained
+# the official bias; a zero bias is exactly the old bias-free conv (upgrade_state_dict fills it).
+_ADDED_PARAMETERS = ("layer5.bias", "layer6.bias")
 
 
 class PIPOutputs(NamedTuple):
@@ -150,12 +154,14 @@ class PIPNet(nn.Module):
             _init_conv(self.deconv1)
             channels = extra
         elif net_stride >= 64:
-            self.layer5 = nn.Conv2d(channels, extra, kernel_size=3, stride=2, padding=1, bias=False)
+            # biased like the official blocks (lib/networks.py builds nn.Conv2d with its default bias=True),
+            # so official stride-64/128 checkpoints load; older pipstc ones get a zero bias (upgrade_state_dict)
+            self.layer5 = nn.Conv2d(channels, extra, kernel_size=3, stride=2, padding=1)
             self.bn5 = _bn(extra)
             _init_conv(self.layer5)
             channels = extra
             if net_stride == 128:
-                self.layer6 = nn.Conv2d(extra, extra, kernel_size=3, stride=2, padding=1, bias=False)
+                self.layer6 = nn.Conv2d(extra, extra, kernel_size=3, stride=2, padding=1)
                 self.bn6 = _bn(extra)
                 _init_conv(self.layer6)
         self.feature_channels = channels
@@ -197,25 +203,53 @@ class PIPNet(nn.Module):
         the second head set's, the latter with its own coarse maps on the same pooled features.
         """
         f = self.forward_features(x)
-        # ceil_mode keeps a 1x1 map at tiny grids (S = 2 -> cls3 1x1) instead of failing; for the
-        # official grids (S divisible by 4, docs/algorithm.md section 4.1) it is the official MaxPool2d(2, 2).
-        f2 = F.max_pool2d(f, 2, ceil_mode=True)
-        f3 = F.max_pool2d(f2, 2, ceil_mode=True)
+        # Floor pooling as the official MaxPool2d(2, 2) and as the targets (S // 2, S // 4 cells,
+        # docs/algorithm.md section 4.1), so any grid trains (224 at stride 32: 7 -> 3 -> 1). A map too
+        # small to pool is empty (0 x 0), as build_targets makes it; nothing can supervise it there.
+        f2 = _pool2(f)
+        f3 = _pool2(f2)
         out = PIPOutputs(
             cls=self.cls_layer(f),
             x=self.x_layer(f),
             y=self.y_layer(f),
             nb_x=self.nb_x_layer(f),
             nb_y=self.nb_y_layer(f),
-            cls2=self.cls_layer(f2),
-            cls3=self.cls_layer(f3),
+            cls2=self._coarse_scores(f2),
+            cls3=self._coarse_scores(f3),
         )
         if not with_aux:
             return out
         if not self.aux_heads:
             raise ValueError("with_aux needs a model built with aux_heads=True (TrainConfig.aux_heads)")
         cls, x_off, y_off, nb_x, nb_y = (getattr(self, name) for name in AUX_HEADS)
-        return out, PIPOutputs(cls(f), x_off(f), y_off(f), nb_x(f), nb_y(f), cls(f2), cls(f3))
+        coarse2, coarse3 = self._coarse_scores(f2, cls), self._coarse_scores(f3, cls)
+        return out, PIPOutputs(cls(f), x_off(f), y_off(f), nb_x(f), nb_y(f), coarse2, coarse3)
+
+    def _coarse_scores(self, f: torch.Tensor, head: nn.Module | None = None) -> torch.Tensor:
+        """A score head (default: cls_layer) on pooled features; (B, N, 0, 0) for an empty map (convs refuse those)."""
+        if f.shape[-1] == 0:
+            return f.new_zeros((f.shape[0], self.num_landmarks, 0, 0))
+        return (head or self.cls_layer)(f)
+
+
+def _pool2(f: torch.Tensor) -> torch.Tensor:
+    """(B, C, s, s) -> (B, C, s // 2, s // 2) by 2x2 max pooling (floor); (B, C, 0, 0) when s < 2."""
+    if f.shape[-1] < 2 or f.shape[-2] < 2:
+        return f[..., :0, :0]
+    return F.max_pool2d(f, 2)
+
+
+def upgrade_state_dict(model: PIPNet, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """A state dict of an older pipstc PIPNet, completed with the parameters added since.
+
+    Returns:
+        The completed state dict and the keys that were filled (zero biases of ``layer5``/``layer6``).
+    """
+    own = model.state_dict()
+    filled = [k for k in _ADDED_PARAMETERS if k in own and k not in state and k.replace(".bias", ".weight") in state]
+    if not filled:
+        return state, []
+    return {**state, **{k: torch.zeros_like(own[k]) for k in filled}}, filled
 
 
 def create_model(

@@ -34,7 +34,7 @@ from pipnet_core.data import FaceDataset, TargetCollate
 from pipnet_core.loader import EpochSampler, make_loader
 from pipnet_core.loss import LOSS_PARTS, pip_loss
 from pipnet_core.meanface import NeighbourTable, build_neighbour_table, compute_meanface, neighbour_table_from_nb
-from pipnet_core.model import PIPNet, create_model, normalise_batch
+from pipnet_core.model import PIPNet, create_model, normalise_batch, upgrade_state_dict
 from pipnet_core.schemes import Scheme, scheme_from_dict
 
 __all__ = [
@@ -193,7 +193,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
     meta = _meta(ckpt)
     model = _build_model(meta.config, meta.scheme.num_landmarks, imagenet=False)
     try:
-        model.load_state_dict(ckpt["model"], strict=True)
+        model.load_state_dict(upgrade_state_dict(model, ckpt["model"])[0], strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit the model its config describes: {exc}") from exc
     return model.to(device).eval(), meta
@@ -306,6 +306,7 @@ def _warm_weights(model: PIPNet, state: dict[str, torch.Tensor], path: str) -> N
     own = model.state_dict()
     state = {k: v for k, v in state.items() if not k.startswith("aux_") or k in own}
     state = {**{k: v for k, v in own.items() if k.startswith("aux_")}, **state}  # a fresh aux set if the file has none
+    state, _ = upgrade_state_dict(model, state)  # an older checkpoint's bias-free stride blocks
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -356,14 +357,32 @@ def _resume(run: _Run, config: TrainConfig, out_path: Path) -> None:
     """Continue from the checkpoint at ``out_path`` (its config must match)."""
     saved = _read(out_path)
     _check_resume(saved["config"], config, out_path)
-    run.model.load_state_dict(saved["model"])
-    run.optimizer.load_state_dict(saved["optimizer"])
+    state, filled = upgrade_state_dict(run.model, saved["model"])
+    run.model.load_state_dict(state)
+    run.optimizer.load_state_dict(_optimizer_state(run.model, saved["optimizer"], filled))
     sched_state = dict(saved["scheduler"])
     sched_state["milestones"] = Counter({int(k): int(v) for k, v in sched_state["milestones"].items()})
     run.scheduler.load_state_dict(sched_state)
     run.start = int(saved["epoch"])
     run.meanface = np.asarray(saved["meanface"], dtype=np.float64).reshape(-1, 2)
     run.table = neighbour_table_from_nb(np.asarray(saved["nb"], dtype=np.int64))
+
+
+def _optimizer_state(model: PIPNet, state: dict[str, Any], filled: list[str]) -> dict[str, Any]:
+    """The optimiser state of a checkpoint, re-indexed when parameters were added since (they start fresh).
+
+    Adam keys its state by parameter position; a parameter added in the middle (an older checkpoint's
+    missing ``layer5.bias``) shifts the positions after it.
+    """
+    if not filled:
+        return state
+    names = [n for n, _ in model.named_parameters()]
+    old = [n for n in names if n not in filled]
+    new_index = {i: names.index(n) for i, n in enumerate(old)}
+    groups = [dict(g, params=list(range(len(names)))) for g in state["param_groups"]]
+    if len(groups) != 1:
+        raise CheckpointError("an older checkpoint with several optimiser groups cannot be resumed; start over")
+    return {"state": {new_index[int(i)]: v for i, v in state["state"].items()}, "param_groups": groups}
 
 
 def _checkpoint(run: _Run, epoch: int, config: TrainConfig, scheme: Scheme) -> dict[str, Any]:

@@ -71,9 +71,11 @@ def official_pipnet_r18_keys(n: int, c: int, stride: int = 32) -> dict[str, tupl
         keys.update(_bn_keys("bn_deconv1", 512))
     if stride >= 64:
         keys["layer5.weight"] = (512, 512, 3, 3)
+        keys["layer5.bias"] = (512,)  # nn.Conv2d with its default bias (lib/networks.py)
         keys.update(_bn_keys("bn5", 512))
     if stride == 128:
         keys["layer6.weight"] = (512, 512, 3, 3)
+        keys["layer6.bias"] = (512,)
         keys.update(_bn_keys("bn6", 512))
     for name, out in (("cls_layer", n), ("x_layer", n), ("y_layer", n), ("nb_x_layer", c * n), ("nb_y_layer", c * n)):
         keys[f"{name}.weight"] = (out, 512, 1, 1)
