@@ -114,8 +114,10 @@ class StoreFS:
         """
         text = os.fspath(url)
         if "://" not in text:
-            root = os.path.abspath(os.path.expanduser(text))
-            return cls(pafs.LocalFileSystem(), root, root, True)
+            url = os.path.abspath(os.path.expanduser(text))
+            # The root is the real path: a store reached through a symlink is the same store, so it
+            # shares one process-wide writer lock (annotations.store._lock) instead of waiting on itself.
+            return cls(pafs.LocalFileSystem(), os.path.realpath(url), url, True)
         protocol = text.split("://", 1)[0].lower()
         clean = text.rstrip("/")
         if protocol in _NATIVE:
@@ -124,7 +126,8 @@ class StoreFS:
             except (pa.ArrowException, ValueError, OSError) as e:
                 raise StoreError(f"cannot open the filesystem of {text!r}: {e}") from e
             local = isinstance(fs, pafs.LocalFileSystem)
-            return cls(fs, path.rstrip("/") or "/", clean, local, "" if local else protocol)
+            root = os.path.realpath(path) if local else path.rstrip("/") or "/"
+            return cls(fs, root, clean, local, "" if local else protocol)
         try:
             import fsspec
             from pyarrow.fs import FSSpecHandler, PyFileSystem
