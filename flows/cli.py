@@ -53,21 +53,23 @@ def _env_defaults() -> None:
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any] | None:
-    from flows.config import STCConfig
+    """The config values the command line gives explicitly: --small's demo sizes, then the --config file,
+    then single flags (the most specific wins); None when it gives none."""
+    from flows.config import STCConfig, merge_overrides
 
-    base = STCConfig.demo() if getattr(args, "small", False) else STCConfig()
-    overrides: dict[str, Any] = {}
+    small = STCConfig.demo().to_dict() if getattr(args, "small", False) else None
+    from_file = None
     if getattr(args, "config", None):
         from flows.preflight import read_config_file
 
-        overrides |= read_config_file(args.config)
-    for key in ("epochs", "schedule", "dask_address", "review_budget"):
-        val = getattr(args, key, None)
-        if val is not None:
-            overrides[key] = val
+        from_file = read_config_file(args.config)
+    flags = {k: v for k in ("epochs", "schedule", "dask_address", "review_budget")
+             if (v := getattr(args, k, None)) is not None}  # fmt: skip
     if getattr(args, "train_processes", None) is not None:
-        overrides["processes"] = args.train_processes  # TrainConfig.processes: torch DDP on this machine
-    return base.replace(**overrides).to_dict() if overrides or getattr(args, "small", False) else None
+        flags["processes"] = args.train_processes  # TrainConfig.processes: torch DDP on this machine
+    overrides = merge_overrides(small, from_file, flags)
+    STCConfig().with_overrides(overrides)  # unknown keys and bad values fail here, before any flow starts
+    return overrides or None
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -140,22 +142,30 @@ def _preflight(args: argparse.Namespace, k: int) -> None:
     preflight_round(args.store, k, config)
 
 
+
+
 def cmd_round(args: argparse.Namespace) -> int:
     _preflight(args, args.round)
-    from flows.stc import stc_round
+    from flows.stc import check_round_configs, stc_round
 
-    result = stc_round(args.store, args.round, _config(args))
+    # a rerun's conflicting explicit value: one line (flows.errors), before Prefect starts
+    check_round_configs(args.store, range(args.round, args.round + 1), _config(args), args.force_config)
+    result = stc_round(args.store, args.round, _config(args), force_config=args.force_config)
     print(json.dumps(result["metrics"], indent=2))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     _preflight(args, args.start)
-    from flows.stc import stc
+    from flows.config import STCConfig
+    from flows.stc import check_round_configs, stc
 
     config = _config(args)
-    schedule = args.schedule or (config or {}).get("schedule", "paper")  # a --config file may name it
-    stc(args.store, rounds=args.rounds, schedule=schedule, config=config, start_round=args.start)
+    last = args.rounds if args.rounds is not None else STCConfig().with_overrides(config).policy().rounds
+    check_round_configs(args.store, range(args.start, last + 1), config, args.force_config)
+    # no --schedule: the --config file's schedule, else the default (paper)
+    stc(args.store, rounds=args.rounds, schedule=args.schedule, config=config, start_round=args.start,
+        force_config=args.force_config)  # fmt: skip
     return cmd_report(argparse.Namespace(store=args.store, round=None))
 
 
@@ -310,6 +320,8 @@ def _add_round_commands(sub: Any) -> None:
                        help="train each round with N torch DDP processes on this machine (gloo on CPU, nccl on GPU)")
         s.add_argument("--config", help="JSON file of STC config overrides")
         s.add_argument("--small", action="store_true", help="the demo's small model (minutes, not hours)")
+        s.add_argument("--force-config", action="store_true",
+                       help="rerun of a started round: use the values given here, not its saved config")  # fmt: skip
         s.set_defaults(fn=fn)
 
 

@@ -23,12 +23,21 @@ from pipnet_core.augment import AugmentConfig
 from pipnet_core.config import TrainConfig
 from pipnet_core.curriculum import CurriculumPolicy, create_policy
 
-__all__ = ["STCConfig"]
+__all__ = ["RUNTIME_FIELDS", "ConfigConflict", "STCConfig", "config_changes", "merge_overrides", "round_config"]
 
 if TYPE_CHECKING:
     from annotations.review.policy import ReviewPolicy
 
 _TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
+# Where a round runs, not what it computes: a rerun may change these without --force-config.
+RUNTIME_FIELDS = frozenset({"dask_address", "max_workers", "num_workers", "device"})
+# Settings a round derives itself when thresholds_from_reviews is on (flows.calibration): a rerun keeps
+# the values the round started with, and a full config given again (the demo's, say) is no conflict.
+DERIVED_FROM_REVIEWS = frozenset({"std_below", "cls2_below", "cls3_below"})
+
+
+class ConfigConflict(ValueError):
+    """A rerun of a round asks for values that differ from the config the round started with."""
 
 
 def _train_from(value: Any) -> TrainConfig:
@@ -140,6 +149,25 @@ class STCConfig:
             )
         return dataclasses.replace(self, train=train, **overrides)
 
+    def with_overrides(self, overrides: dict[str, Any] | None) -> STCConfig:
+        """A copy with ``overrides`` applied on top: flat training keys, or a partial ``"train"`` dict.
+
+        Unlike :meth:`replace` (and :meth:`from_dict`), a ``"train"`` dict here overrides only the
+        training fields it names; the others keep this config's values.
+        """
+        flat = dict(overrides or {})
+        train = flat.pop("train", None)
+        if isinstance(train, TrainConfig):
+            train = train.to_dict()
+        if train is not None and not isinstance(train, dict):
+            raise TypeError(f"train overrides must be a dict of training fields, got {type(train).__name__}")
+        return self.replace(**{**(train or {}), **flat})
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting under its own name (training fields flat), as plain JSON data."""
+        d = self.to_dict()
+        return {**d.pop("train"), **d}
+
     def policy(self) -> CurriculumPolicy:
         """The curriculum policy of :attr:`schedule` with this config's thresholds."""
         if self.schedule == "confidence":
@@ -184,3 +212,58 @@ class STCConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def merge_overrides(*layers: dict[str, Any] | None) -> dict[str, Any]:
+    """Override dicts combined, later layers winning; partial ``"train"`` dicts are merged, not replaced."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in (layer or {}).items():
+            if key == "train" and isinstance(value, dict):
+                out["train"] = {**out.get("train", {}), **value}
+            else:
+                out[key] = value
+    return out
+
+
+def config_changes(before: STCConfig, after: STCConfig) -> dict[str, tuple[Any, Any]]:
+    """Settings that differ: name -> (before, after), training fields under their flat names."""
+    a, b = before.flat(), after.flat()
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def round_config(
+    k: int,
+    saved: dict[str, Any] | None,
+    overrides: dict[str, Any] | None,
+    base: STCConfig | None = None,
+    force: bool = False,
+) -> tuple[STCConfig, str | None]:
+    """The config round k runs with, and a note for the log when it is not simply the one asked for.
+
+    A new round (nothing ``saved``) runs ``base`` (default: the defaults) with ``overrides``. A rerun
+    resumes with the saved config; explicit ``overrides`` that change it are refused unless ``force``
+    (then they replace it for the steps not yet done), except settings of where it runs
+    (:data:`RUNTIME_FIELDS`), which a rerun may change freely.
+
+    Raises:
+        ConfigConflict: an override differs from the saved config and ``force`` is false.
+    """
+    if saved is None:
+        return (base or STCConfig()).with_overrides(overrides), None
+    before = STCConfig.from_dict(saved)
+    if before.thresholds_from_reviews and overrides:
+        overrides = {k: v for k, v in overrides.items() if k not in DERIVED_FROM_REVIEWS}
+    wanted = before.with_overrides(overrides)
+    changes = config_changes(before, wanted)
+    if not changes:
+        return before, f"round {k}: resuming with the config saved when the round started (config.json)"
+    shown = ", ".join(f"{n}: saved {a!r}, asked {b!r}" for n, (a, b) in changes.items())
+    conflicts = sorted(set(changes) - RUNTIME_FIELDS)
+    if conflicts and not force:
+        raise ConfigConflict(
+            f"round {k} was started with another config ({shown}); rerun without these values to resume it "
+            "with its saved config, or pass --force-config (flow parameter force_config=True) to use them "
+            "for the steps it has not completed yet"
+        )
+    return wanted, f"round {k}: config changed on rerun ({shown}); completed steps keep their results"

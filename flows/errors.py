@@ -45,6 +45,7 @@ _KNOWN = (
     ("pipnet_core.schemes", "SchemeError"),
     ("pipnet_core.train", "CheckpointError"),
     ("pipnet_core.backbone", "WeightsError"),
+    ("flows.config", "ConfigConflict"),
 )
 
 

@@ -21,16 +21,18 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from annotations.store import Store
 from flows import tasks
 from flows.calibration import with_review_thresholds
-from flows.config import STCConfig
+from flows.config import STCConfig, merge_overrides, round_config
 from flows.errors import missing_extra
 from flows.preflight import preflight_round
 
 __all__ = [
     "ROUND_STEPS",
+    "check_round_configs",
     "ingestion",
     "next_round",
     "pool_labeling",
     "resolve_config",
+    "resolve_next_config",
     "review_sync",
     "stc",
     "stc_next_round",
@@ -41,16 +43,40 @@ __all__ = [
 ROUND_STEPS = ("sync_reviews", "train", "evaluate", "calibrate", "label_pool", "review")
 
 
-def resolve_config(store_url: str, k: int, config: dict[str, Any] | None) -> STCConfig:
-    """The round's config: the one saved when the round started (so a rerun resumes identically), else given."""
+def resolve_config(
+    store_url: str,
+    k: int,
+    overrides: dict[str, Any] | None = None,
+    force: bool = False,
+    base: STCConfig | None = None,
+) -> tuple[STCConfig, str | None]:
+    """Round k's config (:func:`flows.config.round_config`), written to its config.json; and a note for the log.
+
+    A new round gets ``base`` (default: the defaults) with ``overrides``; a rerun resumes with the config
+    saved when the round started, so it resumes identically. ``overrides`` that change a saved config
+    are refused unless ``force``.
+    """
     store = Store.open(store_url)
     saved = store.read_round_json(k, "config.json", default=None)
-    if saved is not None:
-        return STCConfig.from_dict(saved)
-    cfg = STCConfig.from_dict(config) if config else STCConfig()
-    cfg = with_review_thresholds(store, k, cfg)  # the thresholds round k - 1 chose from reviewed faces
-    store.write_round_json(k, "config.json", cfg.to_dict())
-    return cfg
+    cfg, note = round_config(k, saved, overrides, base=base, force=force)
+    if saved is None:
+        cfg = with_review_thresholds(store, k, cfg)  # the thresholds round k - 1 chose from reviewed faces
+    if saved is None or cfg.to_dict() != STCConfig.from_dict(saved).to_dict():
+        store.write_round_json(k, "config.json", cfg.to_dict())
+    return cfg, note
+
+
+def check_round_configs(store_url: str, rounds: range, overrides: dict[str, Any] | None, force: bool = False) -> None:
+    """Refuse, before any flow starts, reruns of ``rounds`` whose explicit ``overrides`` change their saved config.
+
+    Raises:
+        ConfigConflict: see :func:`flows.config.round_config`.
+    """
+    store = Store.open(store_url)
+    for k in rounds:
+        saved = store.read_round_json(k, "config.json", default=None)
+        if saved is not None:
+            round_config(k, saved, overrides, force=force)
 
 
 def next_round(store_url: str) -> int:
@@ -87,7 +113,8 @@ def _pool_summary(store_url: str, k: int, shards: int, results: list[dict[str, i
 @flow(name="pool-labeling")
 def pool_labeling(store: str, round: int, config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Pseudo-labels of the unlabeled pool by round ``round``'s model, shard by shard (paths, not arrays)."""
-    cfg = STCConfig.from_dict(config) if config else resolve_config(store, round, None)
+    cfg = STCConfig.from_dict(config) if config else resolve_config(store, round)[0]
+    tasks.export_model(store, round, cfg.backend)  # once, before the fan-out: shards load the file
     shards = tasks.plan_shards(store, round, cfg.shard_size)
     progress = create_progress_artifact(progress=0.0, description=f"pool labeling, round {round}")
     futures = tasks.label_shard.map(unmapped(store), unmapped(round), shards, unmapped(cfg.to_json()))
@@ -104,10 +131,18 @@ def _label_pool(store: str, round: int, cfg: STCConfig) -> dict[str, Any]:
 
 
 @flow(name="stc-round", log_prints=True)
-def stc_round(store: str, round: int, config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One STC round on ``store``: sync reviews, train, evaluate, calibrate, pseudo-label, push reviews, report."""
+def stc_round(
+    store: str, round: int, config: dict[str, Any] | None = None, force_config: bool = False
+) -> dict[str, Any]:
+    """One STC round on ``store``: sync reviews, train, evaluate, calibrate, pseudo-label, push reviews, report.
+
+    ``config`` holds overrides of the defaults (a new round) or of the config the round was started
+    with (a rerun: a differing value is refused unless ``force_config``).
+    """
     preflight_round(store, round, config)  # every precondition, in seconds, before a step writes anything
-    cfg = resolve_config(store, round, config)
+    cfg, note = resolve_config(store, round, config, force=force_config)
+    if note:
+        print(note)
     cfg_json = cfg.to_json()
     sync = tasks.pull_reviews(store, round)
     tasks.train(store, round, cfg_json)
@@ -122,25 +157,39 @@ def stc_round(store: str, round: int, config: dict[str, Any] | None = None) -> d
 
 
 @flow(name="stc", log_prints=True)
-def stc(store: str, rounds: int | None = None, schedule: str = "paper", config: dict[str, Any] | None = None,
-        start_round: int = 0) -> list[dict[str, Any]]:  # fmt: skip
-    """Round 0 (supervised), then ``rounds`` self-training rounds of the chosen schedule (None: its own number)."""
-    cfg = (STCConfig.from_dict(config) if config else STCConfig()).replace(schedule=schedule)
-    last = cfg.policy().rounds if rounds is None else rounds
-    return [stc_round(store, k, cfg.to_dict()) for k in range(start_round, last + 1)]
+def stc(store: str, rounds: int | None = None, schedule: str | None = None, config: dict[str, Any] | None = None,
+        start_round: int = 0, force_config: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+    """Round 0 (supervised), then ``rounds`` self-training rounds (None: the schedule's own number).
+
+    The schedule is ``schedule`` when given, else the one in ``config``, else ``paper``.
+    """
+    overrides = merge_overrides(config, {"schedule": schedule} if schedule else None)
+    last = STCConfig().with_overrides(overrides).policy().rounds if rounds is None else rounds
+    return [stc_round(store, k, overrides, force_config) for k in range(start_round, last + 1)]
 
 
 @flow(name="stc-next-round", log_prints=True)
-def stc_next_round(store: str, schedule: str | None = None, config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The scheduled job: resume an unfinished round or run the next one with the last round's config."""
+def stc_next_round(
+    store: str, schedule: str | None = None, config: dict[str, Any] | None = None, force_config: bool = False
+) -> dict[str, Any]:
+    """The scheduled job: resume an unfinished round, or run the next one with the last round's config.
+
+    ``config`` (and PIPSTC_CONFIG, below it) override that config; they do not replace it.
+    """
     k = next_round(store)
-    s = Store.open(store)
-    previous = s.read_round_json(k - 1, "config.json", default=None) if k > 0 else None
-    cfg = STCConfig.from_dict(config or previous or config_from_env() or {})
-    if schedule:
-        cfg = cfg.replace(schedule=schedule)
+    overrides = merge_overrides(config_from_env(), config, {"schedule": schedule} if schedule else None)
+    resolve_next_config(store, k, overrides, force=force_config)
     print(f"scheduled STC: round {k} on {store}")
-    return stc_round(store, k, cfg.to_dict())
+    return stc_round(store, k, overrides, force_config)
+
+
+def resolve_next_config(
+    store_url: str, k: int, overrides: dict[str, Any] | None, force: bool = False
+) -> tuple[STCConfig, str | None]:
+    """:func:`resolve_config` for the scheduled job: a new round starts from round k-1's config, not the defaults."""
+    previous = Store.open(store_url).read_round_json(k - 1, "config.json", default=None) if k > 0 else None
+    base = STCConfig.from_dict(previous) if previous else None
+    return resolve_config(store_url, k, overrides, force=force, base=base)
 
 
 @flow(name="training-node", log_prints=True)
