@@ -170,6 +170,11 @@ def ingest(work: Path, data: dict[str, Any], seed: int) -> str:
     return url
 
 
+def training_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The round's training_set.json without its per-face lists (sample and label ids, levels)."""
+    return None if record is None else {k: v for k, v in record.items() if not isinstance(v, list) or k == "stages"}
+
+
 def train_round0(work: Path, ingested: str, plan: Plan, seed: int, log: Clock) -> str:
     """Round 0 (supervised on the labeled faces) trained and evaluated once per seed, shared by the methods."""
     from flows.evaluation import evaluate_round
@@ -209,7 +214,7 @@ def _measure(url: str, k: int, cfg: STCConfig, data: dict[str, Any], truth: dict
     holdouts = {name: data[f"{name}_holdout"] for name in ("source", "occlusion", "pose")}
     row: dict[str, Any] = {"round": k, "holdouts": evaluate_holdouts(store, k, cfg, holdouts),
                            "training_images": training_images(store, k, cfg),
-                           "training_set": store.read_round_json(k, "training_set.json", default=None)}  # fmt: skip
+                           "training_set": training_summary(store.read_round_json(k, "training_set.json"))}  # fmt: skip
     if truth and store.pseudo_labels(k).frame.shape[0]:
         row["pseudo"] = pseudo_label_quality(store, k, truth)
         row["pool"] = pool_quality(store, k, truth)

@@ -15,7 +15,7 @@ from annotations.ingest.crops import inference_crop_boxes
 from annotations.store import Store
 from annotations.store.shards import mark_shard_done, shard_done
 from flows.calibration import round_policy
-from flows.checkpoints import model_version
+from flows.checkpoints import round_model_version
 from flows.config import STCConfig
 from flows.evaluation import predictor, round_mapping
 
@@ -56,7 +56,7 @@ def label_shard(store_url: str, k: int, shard: str, cfg_json: str) -> dict[str, 
             "face_confidence": pred.face_confidence[ok].astype(np.float32),
             "predicted_nme": pred.predicted_nme[ok].astype(np.float32),
             "level": policy.levels(k + 1, pred.predicted_nme[ok]),
-            "model_version": model_version(k),
+            "model_version": round_model_version(store, k),
         }
     )
     store.add_labels(rows, pred.landmarks[ok], landmark_confidence=pred.landmark_confidence[ok])

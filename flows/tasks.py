@@ -16,12 +16,13 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from annotations.store import Store
 from annotations.store.shards import plan_pool_shards
-from flows import evaluation, labeling, training
+from flows import checkpoints, evaluation, labeling, training
 from flows.config import STCConfig
 
 __all__ = [
     "calibrate",
     "evaluate",
+    "export_model",
     "label_shard",
     "plan_shards",
     "pull_reviews",
@@ -80,6 +81,14 @@ def calibrate(store_url: str, k: int, cfg_json: str) -> dict[str, Any]:
     from flows.calibration import recalibrate_round
 
     return recorded(store_url, k, "calibrate", recalibrate_round, store_url, k, _cfg(cfg_json))
+
+
+@task(name="export-model", retries=1, retry_delay_seconds=5)
+def export_model(store_url: str, k: int, backend: str) -> str | None:
+    """Round k's model exported once to ONNX before the pool shards fan out (they load it)."""
+    if backend != "onnx":
+        return None
+    return checkpoints.export_round_onnx(Store.open(store_url), k)
 
 
 @task(name="plan-shards")

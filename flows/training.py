@@ -9,32 +9,97 @@ finished stage is not trained again, an interrupted one continues from its last 
 whose ``TrainConfig.processes`` is above 1 trains with torch DDP through torchrun
 (:mod:`flows.ddp_launch`); how each stage trained, with its per-epoch records, is kept in the round's
 ``training.json``.
+
+
+The training set is chosen and recorded (``training_set.json``) when the step starts; a resumed step
+trains on that record, not on what the store holds by then (docs/store.md section 9). For an
+object-store store each stage trains in a stable local path (one per store, round and checkpoint),
+starting from the store's copy of an interrupted training, and uploads its checkpoint after every
+epoch, so another machine can take over a round whose worker died.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
+import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from annotations.ingest.crops import fit_crop_mapping, training_crop_boxes
-from annotations.store import Store
-from annotations.store.training import TrainingSet, training_set
-from flows.checkpoints import checkpoint_path, has_checkpoint, is_local
+from annotations.store import RoundFileMissing, Store
+from annotations.store.training import TrainingSet, recorded_training_set, training_set
+from flows.checkpoints import (
+    cache_dir,
+    cached_round_file,
+    checkpoint_path,
+    file_sha256,
+    has_checkpoint,
+    is_local,
+    model_version,
+)
 from flows.config import STCConfig
 from flows.ddp_launch import NodeSet, train_with_torchrun
 from flows.errors import UserError
 from pipnet_core.config import TrainConfig
 from pipnet_core.stages import Stage, StageSamples, describe_stage, stage_samples
 
-__all__ = ["NodeSet", "stage_config", "stage_start", "train_round"]
+__all__ = ["NodeSet", "round_training_set", "stage_config", "stage_start", "train_round", "working_checkpoint"]
 
+log = logging.getLogger(__name__)
 # The pretraining lineage lives in this file of every round that pretrains (STLD).
 PRETRAIN_CHECKPOINT = "pretrain.pt"
+TRAINING_SET = "training_set.json"
+
+
+def round_training_set(store: Store, k: int) -> TrainingSet:
+    """Round k's training set: the one recorded when its training started, else chosen now and recorded."""
+    record = store.read_round_json(k, TRAINING_SET, default=None)
+    if isinstance(record, dict) and "label_ids" in record and "train" not in store.completed_steps(k):
+        return recorded_training_set(store, record, where=f"round {k} {TRAINING_SET}")
+    data = training_set(store, k)
+    if len(data):
+        store.write_round_json(k, TRAINING_SET, {**data.record(), "sources": _source_counts(data)})
+    return data
+
+
+def working_checkpoint(store: Store, k: int, name: str = "model.pt") -> Path:
+    """Where round k's checkpoint ``name`` is trained: the round folder, or a stable local path for remote stores.
+
+    For a remote store, the store's copy (an interrupted training's last epoch) replaces the local
+    file first, so the training resumes from what the store holds, whichever machine wrote it.
+    """
+    if is_local(store):
+        return Path(checkpoint_path(store, k, name))
+    path = cache_dir(store) / f"round-{k}" / "training" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        shutil.copyfile(cached_round_file(store, k, name), path)
+    except RoundFileMissing:
+        path.unlink(missing_ok=True)  # no epoch stored yet: start from scratch, not from a stale local file
+    return path
+
+
+def _uploader(store: Store, k: int, name: str, path: Path) -> Any:
+    """The per-epoch hook that sends a remote store's checkpoint up after each epoch (a no-op locally)."""
+
+    def upload(_record: dict[str, Any]) -> None:
+        if not is_local(store):
+            store.write_round_file(k, name, path.read_bytes())
+
+    return upload
+
+
+def _restart_if_other_config(path: Path, tcfg: TrainConfig) -> None:
+    """An interrupted checkpoint trained with other settings (a forced config change) is started over."""
+    from pipnet_core.train import resume_conflict
+
+    why = resume_conflict(path, tcfg) if path.is_file() else None
+    if why:
+        log.warning("%s; training the round from scratch with its config", why)
+        path.unlink()
 
 
 def stage_start(store: Store, k: int, stage: Stage, cfg: STCConfig, previous: str | None) -> str | None:
@@ -80,14 +145,23 @@ def _stage_done(path: str, tcfg: TrainConfig) -> bool:
 
 
 def _fit_stage(tcfg: TrainConfig, dataset: Any, scheme: Any, out: str, progress: bool,
-               nodes: NodeSet | None) -> dict[str, Any] | None:  # fmt: skip
-    """Train ``out`` here (one process) or with torch DDP; the record for training.json (None: not rank 0's machine)."""
+               nodes: NodeSet | None, upload: Any = None) -> dict[str, Any] | None:  # fmt: skip
+    """Train ``out`` here (one process) or with torch DDP; the record for training.json (None: not rank 0's machine).
+
+    ``upload`` is called after every epoch of a one-process training (a remote store's copy follows).
+    """
     if tcfg.processes > 1 or nodes is not None:
         return train_with_torchrun(tcfg, dataset, scheme, out, progress, nodes)
     from pipnet_core.train import train
 
     epochs: list[dict[str, Any]] = []
-    train(tcfg, dataset, scheme, out, resume=True, progress=progress, log=epochs.append)
+
+    def after_epoch(rec: dict[str, Any]) -> None:
+        epochs.append(rec)
+        if upload is not None:
+            upload(rec)
+
+    train(tcfg, dataset, scheme, out, resume=True, progress=progress, log=after_epoch)
     return {"processes": 1, "epochs": epochs}
 
 
@@ -110,16 +184,17 @@ def _train_stage(
         augment=tcfg.augment,
         tasks=chosen.tasks,
     )
-    out = checkpoint_path(store, k, name) if is_local(store) else os.path.join(tempfile.mkdtemp(), name)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    out = working_checkpoint(store, k, name)
     record: dict[str, Any] | None = {"processes": tcfg.processes, "epochs": [], "finished_before": True}
-    if not (is_local(store) and _stage_done(out, tcfg)):
+    if not _stage_done(str(out), tcfg):
         if nodes is not None:  # one rendezvous per stage: torchrun's c10d store lives as long as one run
             nodes = dataclasses.replace(nodes, rdzv_id=f"{nodes.rdzv_id}-{name.removesuffix('.pt')}")
-        record = _fit_stage(tcfg, dataset, store.scheme, out, progress, nodes)
-    if record is not None and not is_local(store):
-        store.write_round_file(k, name, Path(out).read_bytes())
-    return out, record
+        _restart_if_other_config(out, tcfg)
+        upload = _uploader(store, k, name, out)
+        record = _fit_stage(tcfg, dataset, store.scheme, str(out), progress, nodes, upload)
+        if record is not None:  # rank 0's machine: the final state, also when no epoch was left to run
+            upload({})
+    return str(out), record
 
 
 def _training_log(store: Store, k: int, records: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -147,7 +222,8 @@ def train_round(
     only the machine that gets global rank 0 writes the round's files.
 
     Returns:
-        ``{"checkpoint": the round's model.pt, "trained": one line per stage joined by "; ",
+        ``{"checkpoint": the round's model.pt (local path), "model_version": "round-<k>-<hash8>",
+        "faces": M, "trained": one line per stage joined by "; ",
         "stages": [{"name", "epochs", "checkpoint", "start", "init_from", "groups"}]}``.
 
     Raises:
@@ -155,7 +231,7 @@ def train_round(
         RuntimeError: the policy's last stage does not write ``model.pt``.
     """
     store = Store.open(store_url)
-    data = training_set(store, k)
+    data = round_training_set(store, k)
     if not len(data):
         raise UserError(store_url, f"round {k} has no labeled faces to train on", "import human labels first")
     stages = cfg.policy().stages(k, lineage=has_checkpoint(store, k - 1, PRETRAIN_CHECKPOINT))
@@ -188,10 +264,13 @@ def train_round(
         return {"checkpoint": str(previous), "trained": trained, "stages": done}
     store.write_round_json(k, "training.json", _training_log(store, k, records))
     store.write_round_json(k, "boxmap.json", fit_crop_mapping(store).to_dict())
-    store.write_round_json(k, "training_set.json", {"faces": len(data), "levels": data.counts(),
-                                                    "sources": _source_counts(data), "trained": trained,
-                                                    "stages": done})  # fmt: skip
-    return {"checkpoint": str(previous), "trained": trained, "stages": done}
+    record = store.read_round_json(k, TRAINING_SET, default=None) or {}
+    store.write_round_json(k, TRAINING_SET, {**record, "faces": len(data), "levels": data.counts(),
+                                            "sources": _source_counts(data), "trained": trained,
+                                            "stages": done})  # fmt: skip
+    version = model_version(k, file_sha256(previous))
+    return {"checkpoint": str(previous), "model_version": version, "faces": len(data), "trained": trained,
+            "stages": done}  # fmt: skip
 
 
 def _describe(stage: dict[str, Any]) -> str:

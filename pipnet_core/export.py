@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import io
+import threading
 import warnings
 from pathlib import Path
 
@@ -23,11 +24,14 @@ from torch import nn
 
 from pipnet_core.model import PIPNet, PIPOutputs
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "export_onnx", "onnx_bytes"]
+__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "export_onnx", "onnx_bytes", "onnx_metadata", "with_metadata"]
 
 INPUT_NAME = "image"
 OUTPUT_NAMES = PIPOutputs._fields  # ("cls", "x", "y", "nb_x", "nb_y", "cls2", "cls3")
 OPSET = 17
+# torch.onnx.export keeps process-global state (GLOBALS.in_onnx_export): two threads exporting at once
+# fail with "GLOBALS.in_onnx_export must be False". One export at a time per process.
+_EXPORT_LOCK = threading.Lock()
 
 
 class _AsTuple(nn.Module):
@@ -44,7 +48,7 @@ def _export(model: PIPNet, target: str | Path | io.BytesIO, opset: int, dynamic_
     net = _AsTuple(copy.deepcopy(model).float().cpu().to(memory_format=torch.contiguous_format).eval())
     example = torch.zeros(1, 3, model.input_size, model.input_size)
     axes = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)} if dynamic_batch else None
-    with warnings.catch_warnings():
+    with _EXPORT_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter announces its successor
         warnings.simplefilter("ignore", UserWarning)
         torch.onnx.export(
@@ -83,3 +87,21 @@ def onnx_bytes(model: PIPNet, opset: int = OPSET, dynamic_batch: bool = True) ->
     buf = io.BytesIO()
     _export(model, buf, opset, dynamic_batch)
     return buf.getvalue()
+
+
+def with_metadata(model_bytes: bytes, metadata: dict[str, str]) -> bytes:
+    """The ONNX model with ``metadata`` added to its ``metadata_props`` (e.g. which checkpoint it is)."""
+    import onnx
+
+    proto = onnx.load_from_string(model_bytes)
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    return proto.SerializeToString()
+
+
+def onnx_metadata(path: str | Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file."""
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}

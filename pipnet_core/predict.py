@@ -111,6 +111,8 @@ class Predictor:
             cores), up to 16 on a GPU (reading is then the slower side).
         meanface: (N, 2) mean face for the default confidence model; None: the scheme's.
         device: Where the torch backend runs: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``.
+        onnx_model: For ``"onnx"``: the exported model (a ``.onnx`` path or its bytes) to load instead of
+            exporting ``model`` here; it must be the export of ``model``.
 
     Attributes:
         batch_size: Faces per model call that suit the device (:data:`GPU_BATCH` or :data:`CPU_BATCH`).
@@ -127,6 +129,7 @@ class Predictor:
         num_workers: int | None = None,
         meanface: np.ndarray | None = None,
         device: str = "auto",
+        onnx_model: str | Path | bytes | None = None,
     ) -> None:
         backend, self.device = resolve_backend(backend, device)
         if table.num_landmarks != model.num_landmarks or table.num_nb != model.num_nb:
@@ -157,7 +160,9 @@ class Predictor:
                 # the same "do not spin" request as for torch's OpenMP: spinning threads collapse
                 # throughput when another process shares the cores (docs/speed.md section 5)
                 opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self._session = ort.InferenceSession(onnx_bytes(model), opts, providers=["CPUExecutionProvider"])
+            graph = onnx_bytes(model) if onnx_model is None else onnx_model
+            graph = str(graph) if isinstance(graph, Path) else graph
+            self._session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
         else:
             if num_threads is not None:
                 torch.set_num_threads(int(num_threads))
@@ -172,8 +177,12 @@ class Predictor:
         confidence: ConfidenceModel | None = None,
         num_workers: int | None = None,
         device: str = "auto",
+        onnx_model: str | Path | bytes | None = None,
     ) -> Predictor:
-        """Build from a training checkpoint; its attached confidence model is used unless one is given."""
+        """Build from a training checkpoint; its attached confidence model is used unless one is given.
+
+        ``onnx_model``: the checkpoint's ONNX export to load (backend ``"onnx"``) instead of exporting it.
+        """
         model, meta = load_checkpoint(path)
         if confidence is None and meta.confidence is not None:
             confidence = ConfidenceModel.from_dict(meta.confidence)
@@ -187,6 +196,7 @@ class Predictor:
             num_workers=num_workers,
             meanface=meta.meanface,
             device=device,
+            onnx_model=onnx_model,
         )
 
     # -- model ----------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ __all__ = [
     "load_checkpoint",
     "read_checkpoint_meta",
     "resolve_device",
+    "resume_conflict",
     "set_checkpoint_confidence",
     "train",
 ]
@@ -239,6 +240,15 @@ def _check_resume(saved: dict[str, Any], config: TrainConfig, path: Path) -> Non
             f"{path} was written with a different config ({changes}); "
             "resume with the same config, pass resume=False to start over, or write to another path"
         )
+
+
+def resume_conflict(path: str | Path, config: TrainConfig) -> str | None:
+    """Why training with ``config`` cannot resume the checkpoint at ``path`` (other settings), or None."""
+    try:
+        _check_resume(read_checkpoint_meta(path).config.to_dict(), config, Path(path))
+    except CheckpointError as e:
+        return str(e)
+    return None
 
 
 def train(

@@ -92,6 +92,19 @@ class RoundBook:
                 f"{self._fs.show(path)}: round {k} has no file {name!r} (yet); the step that writes it has not run"
             ) from None
 
+    def round_file_info(self, k: int, name: str) -> tuple[int, int]:
+        """(size in bytes, modification time in ns) of a file of round ``k``: a new version changes them.
+
+        Raises:
+            RoundFileMissing: no such file.
+        """
+        path = self._round_file(k, name)
+        info = self._fs.fs.get_file_info(path)
+        if info.type != pafs.FileType.File:
+            raise RoundFileMissing(f"{self._fs.show(path)}: round {k} has no file {name!r} (yet)")
+        mtime = info.mtime_ns if info.mtime_ns is not None else 0
+        return int(info.size or 0), int(mtime)
+
     def write_round_json(self, k: int, name: str, obj: Any) -> None:
         """Write ``obj`` as JSON (numpy values become plain numbers/lists)."""
         try:

@@ -6,19 +6,27 @@ regenerates every pseudo-label with the newest model, docs/algorithm.md section 
 never trained on, and a sample trains on one label: the current one (human > corrected > pseudo).
 A face whose latest review is a rejection ("no face", "bad image") is not trained on at all
 (:mod:`annotations.store.exclusions`).
+
+The set is recorded when a round's training starts (:meth:`TrainingSet.record`, the round's
+``training_set.json``), and a resumed training reads that record back (:func:`recorded_training_set`)
+instead of choosing again: corrections pulled between a crash and the rerun must not enter a training
+half done. Labels are append-only, so the recorded label ids always resolve.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from annotations.store.errors import StoreError
 from annotations.store.exclusions import rejected_samples
 from annotations.store.store import Store
 
-__all__ = ["TrainingSet", "training_set"]
+__all__ = ["TrainingSet", "recorded_training_set", "training_set"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,7 @@ class TrainingSet:
         landmarks: (M, N, 2) float32 landmarks, image pixels; NaN = missing.
         levels: M curriculum levels (``std`` for people's labels; the pseudo-label's level otherwise).
         sources: M label sources (``human``, ``corrected``, ``pseudo``).
+        label_ids: M label ids: the label each face trains on.
     """
 
     sample_ids: list[str]
@@ -38,6 +47,7 @@ class TrainingSet:
     landmarks: np.ndarray
     levels: list[str]
     sources: list[str]
+    label_ids: list[str]
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -45,6 +55,16 @@ class TrainingSet:
     def counts(self) -> dict[str, int]:
         """Faces per level."""
         return {str(k): int(v) for k, v in sorted(Counter(self.levels).items())}
+
+    def record(self) -> dict[str, Any]:
+        """Plain data to write as the round's training_set.json (read back by :func:`recorded_training_set`)."""
+        return {
+            "faces": len(self),
+            "levels": self.counts(),
+            "sample_ids": self.sample_ids,
+            "label_ids": self.label_ids,
+            "face_levels": self.levels,
+        }
 
 
 def training_set(store: Store, k: int) -> TrainingSet:
@@ -67,4 +87,32 @@ def training_set(store: Store, k: int) -> TrainingSet:
         landmarks=landmarks,
         levels=[str(v) for v in levels],
         sources=[str(s) for s in frame["source"]],
+        label_ids=[str(s) for s in frame["label_id"]],
+    )
+
+
+def recorded_training_set(store: Store, record: dict[str, Any], where: str = "training_set.json") -> TrainingSet:
+    """The training set a round recorded when its training started (:meth:`TrainingSet.record`).
+
+    Raises:
+        StoreError: the record lacks its label ids or names labels the store does not have.
+    """
+    ids = record.get("label_ids")
+    levels = record.get("face_levels")
+    if not isinstance(ids, list) or not isinstance(levels, list) or len(ids) != len(levels):
+        raise StoreError(f"{where}: no label ids and levels recorded; delete it to choose the training set anew")
+    view = store.labels()
+    pos = pd.Index(view.frame["label_id"]).get_indexer(ids)
+    if (pos < 0).any():
+        missing = [ids[i] for i in np.flatnonzero(pos < 0)[:3]]
+        raise StoreError(f"{where}: names labels the store does not have ({missing}); delete it to choose anew")
+    chosen = view.take(pos)
+    uris = store.samples().set_index("sample_id").loc[chosen.frame["sample_id"], "image_uri"]
+    return TrainingSet(
+        sample_ids=[str(s) for s in chosen.frame["sample_id"]],
+        image_uris=[str(u) for u in uris],
+        landmarks=chosen.landmarks,
+        levels=[str(v) for v in levels],
+        sources=[str(s) for s in chosen.frame["source"]],
+        label_ids=[str(s) for s in ids],
     )

@@ -24,7 +24,7 @@ def test_stc_runs_round_zero_and_a_self_training_round(tiny_store: str) -> None:
     for k in (0, 1):
         assert set(ROUND_STEPS) <= set(store.completed_steps(k))
         metrics = store.read_round_json(k, "metrics.json")
-        assert metrics["faces"] == 12 and np.isfinite(metrics["nme"])
+        assert metrics["faces"] + metrics["calibration_faces"] == 12 and np.isfinite(metrics["nme"])
         assert store.read_round_json(k, "config.json")["schedule"] == "confidence"
         assert b"holdout metrics per round" in store.read_round_file(k, "report.md").lower()
     pool_ids = set(store.samples(split="pool")["sample_id"])
