@@ -96,6 +96,13 @@ def _print_import(report: dict[str, Any], as_json: bool) -> int:
     return EXIT_OK
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from annotations.store.migrate import migrate
+
+    print(migrate(args.store).summary())
+    return 0
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from flows.ingest_steps import ingest_source
 
@@ -269,6 +276,10 @@ def _add_store_commands(sub: Any) -> None:
     s.add_argument("--scheme", default="300w", help="300w, wflw, cofw, aflw or a scheme .json/.yaml file")
     s.add_argument("--holdout-fraction", type=float, default=0.1, help="share of labeled faces kept for evaluation")
     s.set_defaults(fn=cmd_init)
+
+    s = sub.add_parser("migrate", help="bring a store written by an older pipstc to this schema (keeps a backup)")
+    s.add_argument("store")
+    s.set_defaults(fn=cmd_migrate)
 
     s = sub.add_parser("import", help="import human-labeled faces (pts, wflw, coco, csv, labelstudio)")
     s.add_argument("store")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ def ingest_source(
         if split is not None:
             result.samples["split"] = split
     with store.lock():
+        result = _drop_holdout_conflicts(store, result)
         new_samples = store.add_samples(result.samples) if len(result.samples) else 0
         new_labels = store.add_labels(result.labels, result.landmarks).new if len(result.labels) else ()
         if len(result.rejects):
@@ -109,6 +111,23 @@ def _visibility(view: Any) -> np.ndarray:
     if view.visibility is not None:
         return view.visibility
     return np.where(np.isnan(view.landmarks[..., 0]), 0, 2).astype(np.int8)
+
+
+def _drop_holdout_conflicts(store: Store, result: Any) -> Any:
+    """The import without the faces that overlap holdout faces of the same image; those become rejects."""
+    refused = store.holdout_conflicts(result.samples)
+    if not len(refused):
+        return result
+    rejects = refused.assign(round=None, created_at=pd.Timestamp.now(tz="UTC"))
+    bad = set(refused["sample_id"])
+    keep_labels = ~result.labels["sample_id"].isin(bad).to_numpy()
+    return dataclasses.replace(
+        result,
+        samples=result.samples[~result.samples["sample_id"].isin(bad)].reset_index(drop=True),
+        labels=result.labels[keep_labels].reset_index(drop=True),
+        landmarks=result.landmarks[keep_labels],
+        rejects=pd.concat([result.rejects, rejects], ignore_index=True),
+    )
 
 
 def export_labels(store_url: str, output: str, format: str, split: str | None = None) -> int:

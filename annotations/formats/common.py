@@ -129,7 +129,7 @@ def _none_for_nan(df: pd.DataFrame, columns: Sequence[str]) -> None:
 
 def _samples_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=list(SAMPLE_COLUMNS))
-    _none_for_nan(df, ["box_source", "split"])
+    _none_for_nan(df, ["box_source", "split", "image_digest"])
     df["width"] = df["width"].astype("int32")
     df["height"] = df["height"].astype("int32")
     df["detector_score"] = df["detector_score"].astype("float32")
@@ -438,7 +438,8 @@ class ImportBuilder:
         if first is None:
             self._seen[sid] = f"{src} {location}"
             uri = image_uri or (info.path if info is not None else str(image))
-            self._keep_sample(sid, uri, w, h, b, box_source, split=split, dataset=dataset, extras=extras)
+            self._keep_sample(sid, uri, w, h, b, box_source, split=split, dataset=dataset, extras=extras,
+                              digest=info.digest if info is not None else None)  # fmt: skip
         self._labels.append(
             {
                 "sample_id": sid,
@@ -497,11 +498,13 @@ class ImportBuilder:
         dataset: str | None,
         extras: dict[str, Any] | None,
         detector_score: float = np.nan,
+        digest: str | None = None,
     ) -> None:
         self._samples.append(
             {
                 "sample_id": sid,
                 "image_uri": uri,
+                "image_digest": digest,
                 "width": width,
                 "height": height,
                 "box": box,
@@ -545,7 +548,7 @@ class ImportBuilder:
         self._seen[sid] = f"{src} {location}".strip()
         score = np.nan if detector_score is None else float(detector_score)
         self._keep_sample(sid, info.path, info.width, info.height, b, box_source, split=None, dataset=None, extras=None,
-                          detector_score=score)  # fmt: skip
+                          detector_score=score, digest=info.digest)  # fmt: skip
         return sid
 
     def result(self) -> ImportResult:

@@ -1,7 +1,7 @@
 """store.json: the store's description (format tag, schema version, scheme, holdout fraction, settings).
 
 Opening a store checks the schema version before anything else is read: a newer or unknown version
-asks for a newer pipstc; an older one is refused (no migration exists yet) rather than misread.
+asks for a newer pipstc; an older one is migrated (:mod:`annotations.store.migrate`), never misread.
 """
 
 from __future__ import annotations
@@ -15,9 +15,17 @@ from annotations.store.errors import CorruptFile, SchemaVersionError, StoreError
 from annotations.store.schema import SCHEMA_VERSION
 from pipnet_core.schemes import Scheme, SchemeError, scheme_from_dict
 
-__all__ = ["FORMAT", "META_NAME", "new_meta", "read_meta", "write_meta"]
+__all__ = ["FORMAT", "META_NAME", "StoreNeedsMigration", "new_meta", "read_meta", "write_meta"]
 
 META_NAME = "store.json"
+
+
+class StoreNeedsMigration(SchemaVersionError):
+    """The store was written by an older pipstc; :mod:`annotations.store.migrate` brings it up to date."""
+
+    def __init__(self, message: str, version: int) -> None:
+        super().__init__(message)
+        self.version = version
 FORMAT = "pipstc-store"
 
 
@@ -70,10 +78,11 @@ def read_meta(sfs: StoreFS) -> dict[str, Any]:
             f"{SCHEMA_VERSION}); upgrade pipstc to open this store"
         )
     if version < SCHEMA_VERSION:
-        raise SchemaVersionError(
+        raise StoreNeedsMigration(
             f"{where}: schema version {version} was written by an older pipstc; this one reads version "
-            f"{SCHEMA_VERSION}, and no migration from version {version} exists yet: run the migration when one "
-            "ships, or open the store with the pipstc that wrote it (the store was left untouched)"
+            f"{SCHEMA_VERSION}. Migrate it with `pipstc migrate {sfs.show(sfs.root)}` (the old files are kept in "
+            "its _migrations/ folder); the store was left untouched",
+            version,
         )
     try:
         meta["_scheme"] = scheme_from_dict(meta["scheme"], source=where)

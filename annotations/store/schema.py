@@ -47,7 +47,9 @@ __all__ = [
     "table_schema",
 ]
 
-SCHEMA_VERSION = 1
+# 1: the first stores; 2: samples.image_digest (the holdout guard by image content). Older stores are
+# migrated by annotations.store.migrate, which says how each added column is filled.
+SCHEMA_VERSION = 2
 SPLITS = ("train", "holdout", "pool")
 LABEL_SOURCES = ("human", "corrected", "pseudo")
 # Priority of the training view: human > corrected > pseudo.
@@ -92,6 +94,9 @@ def samples_schema() -> pa.Schema:
         [
             pa.field("sample_id", pa.string(), nullable=False),  # content hash of image bytes + box
             pa.field("image_uri", pa.string(), nullable=False),
+            # sha256 of the image file's bytes (the image half of sample_id): faces of one image share it.
+            # Null only where it could not be known (a migrated sample whose image was unreadable).
+            pa.field("image_digest", pa.string()),
             pa.field("width", pa.int32(), nullable=False),
             pa.field("height", pa.int32(), nullable=False),
             pa.field("box", _fixed(pa.float32(), 4), nullable=False),

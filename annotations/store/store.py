@@ -19,7 +19,8 @@ Guarantees:
   a crash writes what is missing.
 * The holdout never leaks: pseudo-labels, corrections and reviews of holdout samples are refused
   (:class:`HoldoutLeak`), and the training and review views leave holdout out unless asked.
-* A store of another schema version is refused on open, never misread (:class:`SchemaVersionError`).
+* A store of an older schema version is migrated on open (with a backup), a newer one refused, never
+  misread (:class:`SchemaVersionError`).
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ from annotations.store.errors import (
     StoreError,
     StoreLocked,
 )
+from annotations.store.holdout import FACE_COLUMNS, conflict_rejects, faces_of_images, holdout_conflicts
 from annotations.store.ids import LabelIds
+from annotations.store.migrate import read_or_migrate
 from annotations.store.retractions import in_force
 from annotations.store.rounds import RoundBook
 from annotations.store.schema import LABEL_SOURCES, SPLITS
@@ -181,13 +184,16 @@ class Store(RoundBook):
     def open(cls, url: str | os.PathLike) -> Store:
         """Open an existing store, checking its schema version.
 
+        A store written by an older pipstc is migrated first, keeping a backup of the old files
+        (:mod:`annotations.store.migrate`); set PIPSTC_AUTO_MIGRATE=0 to refuse it instead.
+
         Raises:
             StoreError: no store at ``url``.
-            SchemaVersionError: the store was written by a newer or older pipstc (no migration exists).
+            SchemaVersionError: the store was written by a newer pipstc (or an older one, with auto-migration off).
             CorruptFile: store.json is unreadable.
         """
         sfs = StoreFS.from_url(url)
-        return cls(sfs, read_meta(sfs))
+        return cls(sfs, read_or_migrate(sfs))
 
     # ============================================================== settings
     def _meta(self) -> dict[str, Any]:
@@ -278,11 +284,44 @@ class Store(RoundBook):
         table = samples_table(samples, self.holdout_fraction, default_split)
         folder = self._fs.path("samples")
         with self._writing(folder):
-            table = first_of_each(table, "sample_id")
-            table = table.filter(pa.array(not_in(table["sample_id"], self._sample_index().ids)))
+            table = self._new_samples(table)
+            refused = holdout_conflicts(table, self._samples_of_images(table))
+            if refused:
+                row, reason = next(iter(refused.items()))
+                raise HoldoutLeak(
+                    f"add_samples: {len(refused)} face(s) overlap holdout faces of the same image, e.g. sample "
+                    f"{table['sample_id'][row].as_py()!r} ({table['image_uri'][row].as_py()}): {reason}. Drop them "
+                    "first: Store.holdout_conflicts(samples) lists them as rejects"
+                )
             if table.num_rows:
                 self._fs.write_parquet(folder, table)
             return table.num_rows
+
+    def _new_samples(self, table: pa.Table) -> pa.Table:
+        table = first_of_each(table, "sample_id")
+        return table.filter(pa.array(not_in(table["sample_id"], self._sample_index().ids)))
+
+    def _samples_of_images(self, table: pa.Table) -> pa.Table:
+        """Stored samples whose image digest is one of ``table``'s (sample_id, image_digest, box, split)."""
+        stored = self._reader.read("samples", self._reader.parts("samples"), list(FACE_COLUMNS))
+        return faces_of_images(stored, table)
+
+    def holdout_conflicts(self, samples: pd.DataFrame, default_split: str = "train") -> pd.DataFrame:
+        """The faces :meth:`add_samples` would refuse for overlapping a holdout face, as reject rows.
+
+        A train or pool face on a holdout image whose box overlaps the holdout face (IoU > 0.3), or a
+        new holdout face overlapping a stored train or pool face (:mod:`annotations.store.holdout`).
+
+        Returns:
+            Columns stage (``import``; ``pool`` for pool faces), source (image), location, sample_id, reason.
+        """
+        table = self._new_samples(samples_table(samples, self.holdout_fraction, default_split))
+        return conflict_rejects(table, holdout_conflicts(table, self._samples_of_images(table)))
+
+    def has_samples(self, sample_ids: Sequence[str]) -> np.ndarray:
+        """(R,) bool: which of the ids the store holds."""
+        pos, _ = self._split_codes(pa.array(list(sample_ids), pa.string()))
+        return pos >= 0
 
     def samples(self, split: str | None = None) -> pd.DataFrame:
         """Stored samples (all, or one split), in the order they were added."""
