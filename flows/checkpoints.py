@@ -2,9 +2,10 @@
 
 A local store keeps ``model.pt`` (and ``model.onnx``; under STLD also the pretraining checkpoint
 ``pretrain.pt``) in the round folder and they are used from there. For an object-store store
-(``s3://...``, any fsspec URL) a round file is used through a local cache, one file per version of it: the cache key is the stored file's size and modification time,
-so a retrained round's new checkpoint is downloaded again, and every copy is written to a temporary
-name and renamed, so a second worker never reads half a file. The cache lives in
+(``s3://...``, any fsspec URL) a round file is used through a local cache, one file per version of
+it: the cache key is the stored file's size and ETag (else its modification time), so a retrained
+round's new checkpoint is downloaded again, and every copy is written to a temporary name and
+renamed, so a second worker never reads half a file. The cache lives in
 ``$PIPSTC_CACHE_DIR`` (default ``~/.cache/pipstc``).
 
 The model version written with a round's pseudo-labels (and shown in Label Studio) names the
@@ -92,9 +93,9 @@ def cached_round_file(store: Store, k: int, name: str) -> str:
     Raises:
         RoundFileMissing: the round has no such file.
     """
-    size, mtime_ns = store.round_file_info(k, name)
+    size, tag = store.round_file_info(k, name)
     folder = cache_dir(store) / f"round-{k}"
-    path = folder / f"{size}-{mtime_ns}-{name}"
+    path = folder / f"{size}-{hashlib.sha1(tag.encode()).hexdigest()[:12]}-{name}"
     if path.is_file() and path.stat().st_size == size:
         return str(path)
     _write_atomic(path, store.read_round_file(k, name))

@@ -205,6 +205,15 @@ class StoreFS:
             self._discard(tmp)
             raise
 
+    def put_bytes(self, path: str, data: bytes) -> None:
+        """Write ``path`` in one go, without a temporary name (an object store's PUT is whole or absent).
+
+        For files that must never be swept as a crashed writer's leftovers: the lock objects that
+        waiting writers put while another writer, holding the lock, removes ``_tmp-*`` files.
+        """
+        with self.fs.open_output_stream(path) as out:
+            out.write(data)
+
     def write_parquet(self, folder: str, table: pa.Table) -> str:
         """Write ``table`` as a new ``part-*.parquet`` in ``folder``, atomically; returns the final path."""
         final = f"{folder.rstrip('/')}/{unique_name()}"

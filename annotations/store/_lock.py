@@ -336,7 +336,9 @@ class WriterLock:
             holder = self._read_holder()
             if holder is None or self._is_stale(holder):
                 info = self._info()
-                self.sfs.write_bytes(self.path, json.dumps(info).encode())
+                # One PUT, no _tmp- name: the holder's sweep of crashed writers' temporary files runs
+                # while waiters write here, and must not delete a waiter's lock attempt mid-write.
+                self.sfs.put_bytes(self.path, json.dumps(info).encode())
                 time.sleep(0.05)  # let a racing writer's lock land, then see whose token survived
                 now = self._read_holder()
                 if now is not None and now.get("token") == info["token"]:

@@ -92,8 +92,11 @@ class RoundBook:
                 f"{self._fs.show(path)}: round {k} has no file {name!r} (yet); the step that writes it has not run"
             ) from None
 
-    def round_file_info(self, k: int, name: str) -> tuple[int, int]:
-        """(size in bytes, modification time in ns) of a file of round ``k``: a new version changes them.
+    def round_file_info(self, k: int, name: str) -> tuple[int, str]:
+        """(size in bytes, version tag) of a file of round ``k``: a new version of the file changes them.
+
+        The tag is the object's ETag where the filesystem gives one (S3: a hash of the content),
+        else its modification time.
 
         Raises:
             RoundFileMissing: no such file.
@@ -102,8 +105,16 @@ class RoundBook:
         info = self._fs.fs.get_file_info(path)
         if info.type != pafs.FileType.File:
             raise RoundFileMissing(f"{self._fs.show(path)}: round {k} has no file {name!r} (yet)")
-        mtime = info.mtime_ns if info.mtime_ns is not None else 0
-        return int(info.size or 0), int(mtime)
+        tag = f"mtime:{info.mtime_ns}"
+        if not self._fs.local:
+            try:
+                with self._fs.fs.open_input_file(path) as f:  # a HEAD request on object stores
+                    etag = (f.metadata() or {}).get(b"ETag") or (f.metadata() or {}).get("ETag")
+                if etag:
+                    tag = f"etag:{etag.decode() if isinstance(etag, bytes) else etag}"
+            except (OSError, NotImplementedError):
+                pass
+        return int(info.size or 0), tag
 
     def write_round_json(self, k: int, name: str, obj: Any) -> None:
         """Write ``obj`` as JSON (numpy values become plain numbers/lists)."""
