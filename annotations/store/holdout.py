@@ -85,7 +85,7 @@ def holdout_conflicts(new: pa.Table, stored: pa.Table) -> dict[int, str]:
             which = clash[int(np.argmax(iou))][0]
             refused[row_of[sid]] = (
                 f"{split} face overlaps holdout sample {which} of the same image (IoU {max(iou):.2f} > {HOLDOUT_IOU}); "
-                "holdout faces are never trained on, pseudo-labelled or reviewed (DESIGN.md section 2)"
+                "holdout faces are never trained on, pseudo-labelled or reviewed (docs/store.md section 6)"
             )
     return refused
 

@@ -31,7 +31,8 @@ def test_simulation_hides_labels_runs_each_arm_and_reports(tiny_store: str, tmp_
         store = Store.open(str(out / "stores" / arm.key.replace("+", "-")))
         assert set(store.samples(split="pool")["sample_id"]) == set(truth)  # the team's own pool is left out
         assert len(store.labels(source="human").frame) == 5 + 12  # kept train labels and the holdout
-        assert store.read_round_json(1, "metrics.json")["faces"] == 12
+        metrics = store.read_round_json(1, "metrics.json")
+        assert metrics["faces"] + metrics["calibration_faces"] == 12  # the holdout: evaluation + calibration parts
     reviewed = Store.open(str(out / "stores" / "confidence-review0.25")).labels(source="corrected")
     assert len(reviewed) >= 1  # the simulated reviewer answered round 0's review
     gt = np.stack([truth[s] for s in reviewed.frame["sample_id"]])
