@@ -63,6 +63,8 @@ def resolve_config(
         cfg = with_review_thresholds(store, k, cfg)  # the thresholds round k - 1 chose from reviewed faces
     if saved is None or cfg.to_dict() != STCConfig.from_dict(saved).to_dict():
         store.write_round_json(k, "config.json", cfg.to_dict())
+    elif not store.completed_steps(k):
+        note = None  # nothing done yet: nothing is resumed
     return cfg, note
 
 

@@ -38,6 +38,7 @@ def test_run_passes_no_schedule_unless_one_is_given(tmp_path: Path, monkeypatch:
     seen: dict = {}
     monkeypatch.setattr(flows.stc, "stc", lambda store, **kw: seen.update(kw))  # what the flow is asked to run
     monkeypatch.setattr(flows.cli, "cmd_report", lambda a: 0)
+    Store.create(tmp_path / "store", get_scheme("300w"))
     args = build_parser().parse_args(["run", str(tmp_path / "store"), "--config", str(path), "--rounds", "0"])
     assert flows.cli.cmd_run(args) == 0
     assert seen["schedule"] is None and seen["config"]["schedule"] == "confidence"
@@ -83,6 +84,8 @@ def test_a_rerun_with_a_conflicting_value_is_refused_unless_forced(tmp_path: Pat
     url = _store(tmp_path)
     first, note = resolve_config(url, 0, STCConfig.tiny().to_dict())
     assert note is None
+    assert resolve_config(url, 0, None)[1] is None  # no step done yet: nothing to say
+    Store.open(url).mark_step(0, "sync_reviews", {})
     again, note = resolve_config(url, 0, None)
     assert again == first and "resuming with the config saved" in note
     same, _ = resolve_config(url, 0, {"epochs": first.train.epochs})  # explicit but equal: no conflict
