@@ -47,6 +47,7 @@ __all__ = ["ADDED_COLUMNS", "AddedColumn", "MigrationReport", "migrate", "migrat
 
 log = logging.getLogger(__name__)
 BACKUP_DIR = "_migrations"
+OLDEST_MIGRATABLE = 1  # the first schema pipstc released
 
 
 @dataclass
@@ -203,6 +204,10 @@ def migrate_store(sfs: StoreFS) -> MigrationReport:
         if version > SCHEMA_VERSION:
             raise SchemaVersionError(f"{sfs.show(sfs.path(META_NAME))}: schema version {version} is newer than "
                                      f"this pipstc ({SCHEMA_VERSION}); upgrade pipstc")  # fmt: skip
+        if version < OLDEST_MIGRATABLE:
+            raise SchemaVersionError(f"{sfs.show(sfs.path(META_NAME))}: schema version {version} was written by an "
+                                     f"older pipstc than any migration starts from ({OLDEST_MIGRATABLE}); open it "
+                                     "with the pipstc that wrote it (the store was left untouched)")  # fmt: skip
         report = MigrationReport(version, SCHEMA_VERSION)
         if version == SCHEMA_VERSION:
             return report
