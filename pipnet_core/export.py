@@ -51,6 +51,7 @@ def _export(model: PIPNet, target: str | Path | io.BytesIO, opset: int, dynamic_
     with _EXPORT_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter announces its successor
         warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks are constants at a fixed input size
         torch.onnx.export(
             net,
             (example,),
