@@ -55,12 +55,12 @@ def test_a_rounds_thresholds_route_its_pseudo_labels_and_enter_the_next_rounds_c
     predicted = np.array([0.03, 0.04, 0.1, 0.17])
     assert round_policy(store, 1, cfg).levels(2, predicted).tolist() == ["std", "cls2", "cls3", "cls3"]
     assert cfg.policy().levels(2, predicted).tolist() == ["std", "std", "cls3", "review"]  # the defaults
-    assert resolve_config(url, 1, cfg.to_dict()).std_below == cfg.std_below  # round 0 chose nothing
-    resolved = resolve_config(url, 2, cfg.to_dict())
+    assert resolve_config(url, 1, cfg.to_dict())[0].std_below == cfg.std_below  # round 0 chose nothing
+    resolved, _ = resolve_config(url, 2, cfg.to_dict())
     recorded = store.read_round_json(2, "config.json")
     assert {n: recorded[n] for n in chosen} == chosen and resolved.std_below == 0.031
     fixed = cfg.replace(thresholds_from_reviews=False)
-    assert resolve_config(url, 3, fixed.to_dict()).std_below == cfg.std_below
+    assert resolve_config(url, 3, fixed.to_dict())[0].std_below == cfg.std_below
     assert round_policy(store, 1, fixed).levels(2, predicted).tolist() == ["std", "std", "cls3", "review"]
 
 
