@@ -38,8 +38,18 @@ def test_run_passes_no_schedule_unless_one_is_given(tmp_path: Path, monkeypatch:
     seen: dict = {}
     monkeypatch.setattr(flows.stc, "stc", lambda store, **kw: seen.update(kw))  # what the flow is asked to run
     monkeypatch.setattr(flows.cli, "cmd_report", lambda a: 0)
-    Store.create(tmp_path / "store", get_scheme("300w"))
-    args = build_parser().parse_args(["run", str(tmp_path / "store"), "--config", str(path), "--rounds", "0"])
+    import dataclasses
+
+    from flows.ingest_steps import ingest_source
+    from synthetic_faces import DOMAINS, write_dataset
+
+    url = str(tmp_path / "store")  # a store every precondition of round 0 holds for
+    Store.create(url, get_scheme("300w"))
+    small = dataclasses.replace(DOMAINS["studio"], image_size=96)
+    for split, seed in (("train", 1), ("holdout", 2)):
+        write_dataset(tmp_path / split, 3, small, seed=seed)
+        ingest_source(url, str(tmp_path / split), "pts", split=split)
+    args = build_parser().parse_args(["run", url, "--config", str(path), "--rounds", "0"])
     assert flows.cli.cmd_run(args) == 0
     assert seen["schedule"] is None and seen["config"]["schedule"] == "confidence"
 
