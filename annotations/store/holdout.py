@@ -12,13 +12,26 @@ unseen). Other faces of the same image (no overlap) are fine.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["FACE_COLUMNS", "HOLDOUT_IOU", "box_iou", "conflict_rejects", "faces_of_images", "holdout_conflicts"]
+from annotations.store.errors import HoldoutLeak
+
+__all__ = [
+    "FACE_COLUMNS",
+    "HOLDOUT_IOU",
+    "HoldoutGuard",
+    "box_iou",
+    "conflict_rejects",
+    "faces_of_images",
+    "holdout_conflicts",
+    "refuse_conflicts",
+]
 
 # Two boxes of one face from different sources (tight landmark box, detector box) overlap by ~0.4-0.8;
 # two neighbouring faces rarely pass 0.3.
@@ -111,3 +124,52 @@ def conflict_rejects(table: pa.Table, refused: dict[int, str]) -> pd.DataFrame:
         for i, reason in sorted(refused.items())
     ]
     return pd.DataFrame(rows, columns=["stage", "source", "location", "sample_id", "reason"])
+
+
+def refuse_conflicts(table: pa.Table, refused: dict[int, str]) -> None:
+    """Raise :class:`HoldoutLeak` when the guard refused rows of ``table`` (Store.add_samples)."""
+    if not refused:
+        return
+    row, reason = next(iter(refused.items()))
+    raise HoldoutLeak(
+        f"add_samples: {len(refused)} face(s) overlap holdout faces of the same image, e.g. sample "
+        f"{table['sample_id'][row].as_py()!r} ({table['image_uri'][row].as_py()}): {reason}. Drop them "
+        "first: Store.holdout_conflicts(samples) lists them as rejects"
+    )
+
+
+class HoldoutGuard:
+    """Mixin of :class:`annotations.store.Store`: the guard's questions about samples before they are written."""
+
+    holdout_fraction: float
+    _reader: Any
+
+    def _new_samples(self, table: pa.Table) -> pa.Table:  # provided by Store
+        raise NotImplementedError
+
+    def _split_codes(self, sample_ids: Any) -> tuple[np.ndarray, np.ndarray]:  # provided by Store
+        raise NotImplementedError
+
+    def _samples_of_images(self, table: pa.Table) -> pa.Table:
+        """Stored samples whose image digest is one of ``table``'s (sample_id, image_digest, box, split)."""
+        stored = self._reader.read("samples", self._reader.parts("samples"), list(FACE_COLUMNS))
+        return faces_of_images(stored, table)
+
+    def holdout_conflicts(self, samples: pd.DataFrame, default_split: str = "train") -> pd.DataFrame:
+        """The faces ``Store.add_samples`` would refuse for overlapping a holdout face, as reject rows.
+
+        A train or pool face on a holdout image whose box overlaps the holdout face (IoU > 0.3), or a
+        new holdout face overlapping a stored train or pool face (see the module docstring).
+
+        Returns:
+            Columns stage (``import``; ``pool`` for pool faces), source (image), location, sample_id, reason.
+        """
+        from annotations.store._convert import samples_table
+
+        table = self._new_samples(samples_table(samples, self.holdout_fraction, default_split))
+        return conflict_rejects(table, holdout_conflicts(table, self._samples_of_images(table)))
+
+    def has_samples(self, sample_ids: Sequence[str]) -> np.ndarray:
+        """(R,) bool: which of the ids the store holds."""
+        pos, _ = self._split_codes(pa.array(list(sample_ids), pa.string()))
+        return pos >= 0

@@ -1,7 +1,9 @@
 """Migrating a store written by an older pipstc to this schema version, copy-on-write.
 
-Driven by :data:`ADDED_COLUMNS`: one entry per column a schema version added, saying how rows written
-before it get a value (a filler function, or None for nulls). A later column is one more entry (and
+Driven by :data:`MIGRATED_COLUMNS`: one entry per column a schema version added, saying how rows written
+before it get a value (a filler function, or None for nulls). Nullable columns that older parts of
+the same version may lack (``annotations.store.schema.ADDED_COLUMNS``) need no entry: they are kept
+where a part has them and null elsewhere, as the reader does. A later column is one more entry (and
 ``SCHEMA_VERSION`` one higher in :mod:`annotations.store.schema`); nothing else here changes.
 
 A migration (:func:`migrate_store`, run by ``Store.open`` and by ``pipstc migrate STORE``):
@@ -43,7 +45,7 @@ from annotations.store.errors import SchemaVersionError, StoreError
 from annotations.store.ids import image_digest, sample_id_from_digest
 from annotations.store.schema import SCHEMA_VERSION, table_schema
 
-__all__ = ["ADDED_COLUMNS", "AddedColumn", "MigrationReport", "migrate", "migrate_store", "read_or_migrate"]
+__all__ = ["MIGRATED_COLUMNS", "AddedColumn", "MigrationReport", "migrate", "migrate_store", "read_or_migrate"]
 
 log = logging.getLogger(__name__)
 BACKUP_DIR = "_migrations"
@@ -106,7 +108,7 @@ def fill_image_digest(table: pa.Table, notes: _Notes) -> pa.Array:
 
 
 # Every column added since version 1, oldest first: the one place a new column's migration goes.
-ADDED_COLUMNS: tuple[AddedColumn, ...] = (
+MIGRATED_COLUMNS: tuple[AddedColumn, ...] = (
     AddedColumn(2, "samples", "image_digest", fill_image_digest,
                 note="the holdout guard by image content does not cover these samples"),  # fmt: skip
 )
@@ -116,13 +118,13 @@ def upgrade_table(table: pa.Table, name: str, version: int, num_landmarks: int, 
     """A table of schema ``version`` in the current schema: kept columns cast, added ones filled.
 
     Raises:
-        StoreError: a column the current schema requires is neither there nor in :data:`ADDED_COLUMNS`.
+        StoreError: a column the current schema requires is neither there nor in :data:`MIGRATED_COLUMNS`.
     """
     schema = table_schema(name, num_landmarks if name == "labels" else None)
-    added = {c.column: c for c in ADDED_COLUMNS if c.table == name and c.version > version}
+    added = {c.column: c for c in MIGRATED_COLUMNS if c.table == name and c.version > version}
     arrays = []
     for f in schema:
-        if f.name in table.column_names and f.name not in added:
+        if f.name in table.column_names:  # kept (also a column a later version declared that this file has)
             col = table[f.name].combine_chunks()
             arrays.append(col if col.type.equals(f.type) else col.cast(f.type))
         elif f.name in added and added[f.name].fill is not None:
@@ -184,7 +186,7 @@ def _note_lines(notes: dict[str, _Notes], rows: dict[str, int]) -> list[str]:
         if not n.counts:
             continue
         table, column = key.split(".", 1)
-        extra = next((c.note for c in ADDED_COLUMNS if c.table == table and c.column == column), "")
+        extra = next((c.note for c in MIGRATED_COLUMNS if c.table == table and c.column == column), "")
         why = "; ".join(f"{r}: {c} (e.g. {', '.join(n.examples[r])})" for r, c in n.counts.most_common())
         total = sum(n.counts.values())
         line = f"{key} is null for {total} of {rows.get(table, total)} rows ({why})"

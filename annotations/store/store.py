@@ -62,7 +62,7 @@ from annotations.store.errors import (
     StoreError,
     StoreLocked,
 )
-from annotations.store.holdout import FACE_COLUMNS, conflict_rejects, faces_of_images, holdout_conflicts
+from annotations.store.holdout import HoldoutGuard, holdout_conflicts, refuse_conflicts
 from annotations.store.ids import LabelIds
 from annotations.store.migrate import read_or_migrate
 from annotations.store.retractions import in_force
@@ -105,7 +105,7 @@ class _SampleIndex:
     split: np.ndarray  # (S,) int8 index into SPLITS
 
 
-class Store(RoundBook):
+class Store(RoundBook, HoldoutGuard):
     """A label store. Make one with :meth:`create`, open one with :meth:`open`.
 
     Attributes:
@@ -285,14 +285,7 @@ class Store(RoundBook):
         folder = self._fs.path("samples")
         with self._writing(folder):
             table = self._new_samples(table)
-            refused = holdout_conflicts(table, self._samples_of_images(table))
-            if refused:
-                row, reason = next(iter(refused.items()))
-                raise HoldoutLeak(
-                    f"add_samples: {len(refused)} face(s) overlap holdout faces of the same image, e.g. sample "
-                    f"{table['sample_id'][row].as_py()!r} ({table['image_uri'][row].as_py()}): {reason}. Drop them "
-                    "first: Store.holdout_conflicts(samples) lists them as rejects"
-                )
+            refuse_conflicts(table, holdout_conflicts(table, self._samples_of_images(table)))  # HoldoutLeak
             if table.num_rows:
                 self._fs.write_parquet(folder, table)
             return table.num_rows
@@ -300,28 +293,6 @@ class Store(RoundBook):
     def _new_samples(self, table: pa.Table) -> pa.Table:
         table = first_of_each(table, "sample_id")
         return table.filter(pa.array(not_in(table["sample_id"], self._sample_index().ids)))
-
-    def _samples_of_images(self, table: pa.Table) -> pa.Table:
-        """Stored samples whose image digest is one of ``table``'s (sample_id, image_digest, box, split)."""
-        stored = self._reader.read("samples", self._reader.parts("samples"), list(FACE_COLUMNS))
-        return faces_of_images(stored, table)
-
-    def holdout_conflicts(self, samples: pd.DataFrame, default_split: str = "train") -> pd.DataFrame:
-        """The faces :meth:`add_samples` would refuse for overlapping a holdout face, as reject rows.
-
-        A train or pool face on a holdout image whose box overlaps the holdout face (IoU > 0.3), or a
-        new holdout face overlapping a stored train or pool face (:mod:`annotations.store.holdout`).
-
-        Returns:
-            Columns stage (``import``; ``pool`` for pool faces), source (image), location, sample_id, reason.
-        """
-        table = self._new_samples(samples_table(samples, self.holdout_fraction, default_split))
-        return conflict_rejects(table, holdout_conflicts(table, self._samples_of_images(table)))
-
-    def has_samples(self, sample_ids: Sequence[str]) -> np.ndarray:
-        """(R,) bool: which of the ids the store holds."""
-        pos, _ = self._split_codes(pa.array(list(sample_ids), pa.string()))
-        return pos >= 0
 
     def samples(self, split: str | None = None) -> pd.DataFrame:
         """Stored samples (all, or one split), in the order they were added."""

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from annotations.store import SchemaVersionError, Store
-from annotations.store.migrate import ADDED_COLUMNS
+from annotations.store.migrate import MIGRATED_COLUMNS
 from annotations.store.schema import SCHEMA_VERSION
 from flows.cli import main
 
@@ -117,5 +117,5 @@ def test_an_interrupted_migration_finishes_on_the_next_open(old_store: Path, mon
 def test_every_added_column_is_in_the_schema() -> None:
     from annotations.store.schema import table_schema
 
-    for c in ADDED_COLUMNS:
+    for c in MIGRATED_COLUMNS:
         assert c.column in table_schema(c.table, 5).names and 1 < c.version <= SCHEMA_VERSION
