@@ -170,7 +170,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
     last = args.rounds if args.rounds is not None else STCConfig().with_overrides(config).policy().rounds
     check_round_configs(args.store, range(args.start, last + 1), config, args.force_config)
-    # no --schedule: the --config file's schedule, else the default (paper)
+    # no --schedule: the --config file's schedule, else the default (confidence)
     stc(args.store, rounds=args.rounds, schedule=args.schedule, config=config, start_round=args.start,
         force_config=args.force_config)  # fmt: skip
     return cmd_report(argparse.Namespace(store=args.store, round=None))
@@ -362,7 +362,7 @@ def _add_simulate_command(sub: Any) -> None:
     s = sub.add_parser("simulate", help="the rounds on your own labels, part hidden as a pool: which schedule pays off")
     s.add_argument("store")
     s.add_argument("--out", help="work folder for the simulated stores and the report (default: STORE-simulation)")
-    s.add_argument("--schedules", default="paper,confidence", help="comma-separated schedules to compare")
+    s.add_argument("--schedules", default="paper,confidence,stld", help="comma-separated schedules to compare")
     s.add_argument("--budgets", default="0,0.05", help="comma-separated review budgets (share of the pool per round)")
     s.add_argument("--rounds", type=int, default=3, help="self-training rounds after round 0")
     s.add_argument("--hide", type=float, default=0.8, help="share of the labeled train faces hidden as the pool")

@@ -71,7 +71,7 @@ class SimulationPlan:
 
 def plan_simulation(
     store_url: str,
-    schedules: tuple[str, ...] = ("paper", "confidence"),
+    schedules: tuple[str, ...] = ("paper", "confidence", "stld"),
     budgets: tuple[float, ...] = (0.0, 0.05),
     rounds: int = 3,
     hidden_share: float = 0.8,

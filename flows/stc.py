@@ -163,7 +163,7 @@ def stc(store: str, rounds: int | None = None, schedule: str | None = None, conf
         start_round: int = 0, force_config: bool = False) -> list[dict[str, Any]]:  # fmt: skip
     """Round 0 (supervised), then ``rounds`` self-training rounds (None: the schedule's own number).
 
-    The schedule is ``schedule`` when given, else the one in ``config``, else ``paper``.
+    The schedule is ``schedule`` when given, else the one in ``config``, else the default (``confidence``).
     """
     overrides = merge_overrides(config, {"schedule": schedule} if schedule else None)
     last = STCConfig().with_overrides(overrides).policy().rounds if rounds is None else rounds

@@ -120,3 +120,20 @@ def test_thresholds_a_round_derived_from_reviews_are_no_conflict_on_a_rerun() ->
     assert cfg.std_below == 0.031
     with pytest.raises(ConfigConflict):
         round_config(2, {**saved, "thresholds_from_reviews": False}, STCConfig.tiny().to_dict())
+
+
+def test_round_zero_trains_its_own_length_with_scaled_milestones() -> None:
+    from flows.config import STCConfig
+
+    cfg = STCConfig().replace(epochs=30, milestones=(20, 25), round0_epochs=120)
+    r0, r1 = cfg.round_train(0), cfg.round_train(1)
+    assert (r0.epochs, r0.milestones) == (120, (80, 100))
+    assert (r1.epochs, r1.milestones) == (30, (20, 25))
+    assert STCConfig().replace(epochs=30).round_train(0).epochs == 30  # unset: every round alike
+    assert STCConfig.from_dict(cfg.to_dict()).round0_epochs == 120
+
+
+def test_the_shipped_default_schedule_is_confidence() -> None:
+    from flows.config import STCConfig
+
+    assert STCConfig().schedule == "confidence" and STCConfig.demo().schedule == "confidence"
