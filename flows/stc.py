@@ -203,7 +203,7 @@ def training_node(
     Start one run per machine with the same rendezvous; the machine that gets global rank 0 writes
     the checkpoint into the (shared) store. The round's own train step then finds it finished.
     """
-    cfg = resolve_config(store, round, config)
+    cfg, _ = resolve_config(store, round, config)
     print(f"round {round}: training on {nnodes} machines, rendezvous {rdzv_id} at {rdzv_endpoint}")
     return tasks.train_node(store, round, cfg.to_json(), nnodes, rdzv_endpoint, rdzv_id)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from annotations.review.client import ENV_DOCUMENT_ROOT, ENV_TOKEN, ENV_URL
 from annotations.review.config import labeling_config
-from annotations.review.project import ImageAccess, _local_path, default_title
+from annotations.review.project import SETTING_IMPORT_TITLE, ImageAccess, _local_path, default_title
 from annotations.review.tasks import build_task, collect_items, validate_tasks
 from annotations.store.views import LabelView
 
@@ -107,6 +107,8 @@ def write_import_file(
     os.replace(tmp, path)
     (out / "labeling_config.xml").write_text(config)
     title = default_title(store)
+    if good and store.get_setting(SETTING_IMPORT_TITLE) != title:
+        store.set_setting(SETTING_IMPORT_TITLE, title)  # a later pull may adopt the project of that title
     lines = [
         f"{len(good)} faces to review, written to {path}.",
         "To review them in Label Studio:",

@@ -30,6 +30,7 @@ from annotations.review.config import CONTROL_NAME, config_labels, labeling_conf
 from pipnet_core.schemes import Scheme, legacy_landmark_names
 
 __all__ = [
+    "SETTING_IMPORT_TITLE",
     "SETTING_PROJECT_ID",
     "SETTING_URL",
     "ImageAccess",
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 SETTING_PROJECT_ID = "labelstudio.project_id"
 SETTING_URL = "labelstudio.url"
+SETTING_IMPORT_TITLE = "labelstudio.import_file_title"  # the project title an import file told the team to create
 _URL_SCHEMES = ("http", "https", "s3", "gs", "gcs", "azure-blob", "data")
 
 

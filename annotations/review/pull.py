@@ -46,7 +46,7 @@ import pandas as pd
 from annotations.review.agreement import annotator_disagreement
 from annotations.review.client import LabelStudioClient, ReviewConfigError
 from annotations.review.collect import DM_DATETIME, Batch, Collector, canonical_time, correction_label_id, parse_time
-from annotations.review.project import SETTING_PROJECT_ID, SETTING_URL, default_title, ensure_project
+from annotations.review.project import SETTING_IMPORT_TITLE, SETTING_PROJECT_ID, SETTING_URL, ensure_project
 from annotations.review.status import SETTING_PULL
 from annotations.store.retractions import retract_labels
 
@@ -115,10 +115,13 @@ def full_sync_due(store: Any, every: int) -> bool:
 def _project_id(store: Any, client: LabelStudioClient) -> int | None:
     pid = store.get_setting(SETTING_PROJECT_ID)
     if pid is None:
-        # Tasks imported by hand from an import file (export_file.py): the project has the default title.
-        if not client.projects(title=default_title(store)):
+        # Only a store that wrote an import file (export_file.py) adopts a project by title: the one the file
+        # told the team to create. Any other store has nothing to pull yet; adopting a project of the same
+        # default title would pull another store's tasks (two stores in folders of the same name).
+        title = store.get_setting(SETTING_IMPORT_TITLE)
+        if title is None or not client.projects(title=title):
             return None
-        return ensure_project(store, client).id
+        return ensure_project(store, client, title=title).id
     url = store.get_setting(SETTING_URL)
     if url is not None and url != client.url:
         raise ReviewConfigError(

@@ -241,6 +241,23 @@ def test_import_file_without_a_server_then_found_by_push(
     assert labeling_config(SCHEME) == (out.path.parent / "labeling_config.xml").read_text()
 
 
+def test_a_store_without_a_project_does_not_pull_another_stores_project_of_the_same_title(
+    tmp_path: Path, label_studio: LabelStudioServer, client: LabelStudioClient
+) -> None:
+    """Two stores in folders of the same name have the same default title; only the one that wrote an
+    import file may adopt a project by that title (found by the round test of rounds 0 and 1)."""
+    first, ids, access = _setup(tmp_path / "a", label_studio, n=4)
+    second, _ = make_store(tmp_path / "b", label_studio.document_root / f"faces-{secrets.token_hex(4)}", n=4, seed=1)
+    assert default_title(first) == default_title(second)
+    push_reviews(first, client, ids, round=1, access=access, title=default_title(first))
+    report = pull_reviews(second, client)
+    assert second.get_setting("labelstudio.project_id") is None and report.completed == 0
+    write_import_file(second, list(second.samples("pool")["sample_id"]), 1, out_dir=tmp_path / "export",
+                      document_root=label_studio.document_root)  # fmt: skip
+    pull_reviews(second, client)  # told to create a project of that title: it adopts it
+    assert second.get_setting("labelstudio.project_id") == first.get_setting("labelstudio.project_id")
+
+
 def test_server_killed_mid_push_recovers_without_duplicates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     server = start_test_server(tmp_path / "ls-kill")  # its own server: this test kills it
     try:
