@@ -75,14 +75,15 @@ class Method:
     schedule: str = DEFAULT_SCHEDULE
     review: bool = False
     seeds: str = "all"  # "all" seeds (headline comparisons) or "first"
+    epoch_factor: int = 1  # x the plan's epochs per round: schedules that retrain from scratch get twice as many
 
 
 METHODS = (
     Method("confidence", "pipstc default: STC, confidence-routed", "self", "confidence"),
     Method("supervised-steps", "supervised, equal steps (primary baseline)", "steps"),
     Method("supervised-epochs", "supervised, equal epochs", "epochs"),
-    Method("plain", "plain self-training", "self", "plain", seeds="first"),
-    Method("paper", "STC, paper schedule", "self", "paper", seeds="first"),
+    Method("plain", "plain self-training", "self", "plain", seeds="first", epoch_factor=2),
+    Method("paper", "STC, paper schedule", "self", "paper", seeds="first", epoch_factor=2),
     Method("stld", "STLD (selection-free)", "self", "stld", seeds="first"),
     Method("confidence+review", "pipstc default + 5% review per round", "self", "confidence", True, "first"),
     Method("control", "control: supervised + the same corrected faces", "control", seeds="first"),
@@ -122,9 +123,18 @@ def make_plan(args: argparse.Namespace) -> Plan:
         return Plan(seeds=(0,), severity=args.severity, sizes={"labeled": 24, "holdout": 12, "pool": 32},
                     model="w16-128", round0_epochs=3, epochs=2, rounds=1, quick=True)  # fmt: skip
     seeds = tuple(int(s) for s in args.seeds.split(","))
+    methods = METHODS
+    if args.methods:
+        keys = [k.strip() for k in args.methods.split(",") if k.strip()]
+        unknown = sorted(set(keys) - {m.key for m in METHODS})
+        if unknown:
+            known = ", ".join(m.key for m in METHODS)
+            raise SystemExit(f"--methods: unknown {', '.join(unknown)}; choose from {known}")
+        methods = tuple(m for m in METHODS if m.key in keys)
     return Plan(seeds=seeds, severity=args.severity,
                 sizes={"labeled": args.labeled, "holdout": args.holdout, "pool": args.pool}, model=args.model,
-                round0_epochs=args.round0_epochs, epochs=args.epochs, rounds=args.rounds)  # fmt: skip
+                round0_epochs=args.round0_epochs, epochs=args.epochs, rounds=args.rounds,
+                methods=methods)  # fmt: skip
 
 
 class Clock:
@@ -232,7 +242,7 @@ def run_self_training(work: Path, method: Method, plan: Plan, seed: int, data: d
     url = str(work / "methods" / method.key.replace("+", "-"))
     if not Path(url, "store.json").exists():
         shutil.copytree(str(work / "round0"), url)
-    cfg = plan.config(method.schedule, plan.epochs, seed, review=method.review)
+    cfg = plan.config(method.schedule, plan.epochs * method.epoch_factor, seed, review=method.review)
     rows = []
     for k in range(plan.rounds + 1):
         cache = _cache(work, method.key, k)
@@ -296,6 +306,7 @@ def _epochs_for(images: int, faces: int, batch: int) -> int:
 
 
 def run_seed(work: Path, plan: Plan, seed: int, log: Clock) -> dict[str, Any]:
+    """Every method of the plan on one seed's data; returns ``{method key: {"rounds": [...], ...}}``."""
     sizes = plan.sizes
     data = make_data(work.parent / "faces", plan.severity, seed, sizes)
     ingested = ingest(work, data, seed)
@@ -342,8 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--holdout", type=int, default=200)
     p.add_argument("--model", default="w16-128", choices=sorted(MODELS))
     p.add_argument("--round0-epochs", type=int, default=120)
-    p.add_argument("--epochs", type=int, default=30, help="epochs of each self-training round")
+    p.add_argument("--epochs", type=int, default=20,
+                   help="epochs of each self-training round (x2 for the schedules that retrain from scratch)")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--methods", default=None,
+                   help="comma-separated method keys to run (default: all); cached rounds of others are not read")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--work", type=Path, default=None, help="work folder (default: bench/out/stc[-quick])")
     p.add_argument("--out", type=Path, default=None, help="report folder (default: bench/results[/quick])")
