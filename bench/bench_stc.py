@@ -103,6 +103,7 @@ class Plan:
     reviewer_noise: float = 0.01
     quick: bool = False
     methods: tuple[Method, ...] = METHODS
+    report_only: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def config(self, schedule: str, epochs: int, seed: int, review: bool = False) -> STCConfig:
@@ -134,7 +135,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     return Plan(seeds=seeds, severity=args.severity,
                 sizes={"labeled": args.labeled, "holdout": args.holdout, "pool": args.pool}, model=args.model,
                 round0_epochs=args.round0_epochs, epochs=args.epochs, rounds=args.rounds,
-                methods=methods)  # fmt: skip
+                methods=methods, report_only=args.report_only)  # fmt: skip
 
 
 class Clock:
@@ -317,6 +318,9 @@ def run_seed(work: Path, plan: Plan, seed: int, log: Clock) -> dict[str, Any]:
     for method in plan.methods:
         if method.seeds == "first" and seed != plan.seeds[0]:
             continue
+        if plan.report_only and not _cache(work, method.key, plan.rounds).exists():
+            log(f"seed {seed}: {method.key} not in the report (--report-only: it has not run to its last round)")
+            continue
         if method.kind == "self":
             try:
                 plan.config(method.schedule, 1, seed).policy()
@@ -358,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--methods", default=None,
                    help="comma-separated method keys to run (default: all); cached rounds of others are not read")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: report the (seed, method) runs whose last round is cached")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--work", type=Path, default=None, help="work folder (default: bench/out/stc[-quick])")
     p.add_argument("--out", type=Path, default=None, help="report folder (default: bench/results[/quick])")
