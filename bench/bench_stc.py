@@ -85,6 +85,7 @@ METHODS = (
     Method("plain", "plain self-training", "self", "plain", seeds="first", epoch_factor=2),
     Method("paper", "STC, paper schedule", "self", "paper", seeds="first", epoch_factor=2),
     Method("stld", "STLD (selection-free)", "self", "stld", seeds="first"),
+    Method("stld+review", "STLD + 5% review per round", "self", "stld", True, "first"),
     Method("confidence+review", "pipstc default + 5% review per round", "self", "confidence", True, "first"),
     Method("control", "control: supervised + the same corrected faces", "control", seeds="first"),
 )
