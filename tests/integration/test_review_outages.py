@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,19 +17,11 @@ from annotations.review.client import ENV_DOCUMENT_ROOT, ENV_TOKEN, ENV_URL, Lab
 from annotations.review.push import SETTING_PENDING, push_reviews
 from annotations.store import Store
 from tests.integration.review_helpers import project_tasks, reviewer_result, setup_store
-from tools.labelstudio_server import LabelStudioServer
+from tools.labelstudio_server import LabelStudioServer, free_port
 
 pytestmark = pytest.mark.labelstudio
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens there now: connections are refused
-    return port
 
 
 def test_label_studio_down_at_push_start_keeps_the_faces_for_the_next_sync_without_duplicates(
@@ -39,7 +30,7 @@ def test_label_studio_down_at_push_start_keeps_the_faces_for_the_next_sync_witho
     store, ids, _ = setup_store(tmp_path, label_studio, n=5)
     monkeypatch.setenv(ENV_TOKEN, label_studio.token)
     monkeypatch.setenv(ENV_DOCUMENT_ROOT, str(label_studio.document_root))
-    monkeypatch.setenv(ENV_URL, f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv(ENV_URL, f"http://127.0.0.1:{free_port()}")
     quick = RetryPolicy(attempts=2, initial_delay_s=0.05)  # give up on the dead URL quickly
     down = push_or_export(store, ids[:3], 1, title="outage", retry=quick)
     assert down["pending"] == 3 and down["pushed"] == 0 and "did not answer" in down["error"]
