@@ -76,6 +76,7 @@ class Method:
     review: bool = False
     seeds: str = "all"  # "all" seeds (headline comparisons) or "first"
     epoch_factor: int = 1  # x the plan's epochs per round: schedules that retrain from scratch get twice as many
+    overrides: tuple[tuple[str, Any], ...] = ()  # STCConfig fields of this method (a remedy's switch)
 
 
 METHODS = (
@@ -88,6 +89,9 @@ METHODS = (
     Method("stld+review", "STLD + 5% review per round", "self", "stld", True, "first"),
     Method("confidence+review", "pipstc default + 5% review per round", "self", "confidence", True, "first"),
     Method("control", "control: supervised + the same corrected faces", "control", seeds="first"),
+    # Remedies (issue 13): the default with one switch the headline's data pointed to.
+    Method("confidence-shares", "remedy: default, levels by round 0's shares", "self", "confidence", seeds="first",
+           overrides=(("routing", "round0-shares"),)),  # fmt: skip
 )
 
 
@@ -245,6 +249,7 @@ def run_self_training(work: Path, method: Method, plan: Plan, seed: int, data: d
     if not Path(url, "store.json").exists():
         shutil.copytree(str(work / "round0"), url)
     cfg = plan.config(method.schedule, plan.epochs * method.epoch_factor, seed, review=method.review)
+    cfg = cfg.replace(**dict(method.overrides))
     rows = []
     for k in range(plan.rounds + 1):
         cache = _cache(work, method.key, k)
@@ -307,9 +312,62 @@ def _epochs_for(images: int, faces: int, batch: int) -> int:
     return max(1, int(round(images / max((faces // batch) * batch, 1))))
 
 
+def _cached_runs(work: Path, plan: Plan, seed: int, log: Clock) -> dict[str, Any]:
+    """``--report-only``: the (seed, method) runs whose every round is cached, as :func:`run_seed` returns them."""
+    runs: dict[str, Any] = {}
+    for method in plan.methods:
+        if method.seeds == "first" and seed != plan.seeds[0]:
+            continue
+        last = _cache(work, method.key, plan.rounds)
+        if not last.exists():
+            log(f"seed {seed}: {method.key} not in the report (--report-only: it has not run to its last round)")
+            continue
+        if method.kind == "self":
+            runs[method.key] = {"rounds": [json.loads(_cache(work, method.key, k).read_text())
+                                           for k in range(plan.rounds + 1)]}  # fmt: skip
+        else:
+            row = json.loads(last.read_text())
+            ref = runs.get("confidence+review" if method.kind == "control" else DEFAULT_SCHEDULE)
+            images = sum(r["training_images"] for r in ref["rounds"]) if ref else row.get("images_matched")
+            runs[method.key] = {"rounds": [row], "epochs": row["epochs"], "images_matched": images}
+    return runs
+
+
+def restore_caches(results_json: Path, work_root: Path, plan: Plan, log: Clock) -> None:
+    """Write the per-(seed, method, round) caches back from a report's results.json (a lost work folder).
+
+    Only rows of the same plan (severity, sizes, model, epochs, rounds) are restored, and never over a
+    cache that exists: the benchmark then resumes as if the earlier sitting's work folder were still here.
+    """
+    saved = json.loads(results_json.read_text())
+    keys = ("severity", "sizes", "model", "round0_epochs", "epochs", "rounds")
+    mine = {"severity": plan.severity, "sizes": plan.sizes, "model": plan.model,
+            "round0_epochs": plan.round0_epochs, "epochs": plan.epochs, "rounds": plan.rounds}  # fmt: skip
+    theirs = {k: saved["plan"][k] for k in keys}
+    if theirs != mine:
+        raise SystemExit(f"--restore {results_json}: its plan {theirs} is not this run's {mine}")
+    n = 0
+    for key, by_seed in saved["runs"].items():
+        for seed, run in by_seed.items():
+            rows = run["rounds"]
+            for row in rows:
+                k = plan.rounds if len(rows) == 1 else int(row["round"])
+                if len(rows) == 1:
+                    row = {**row, "epochs": run.get("epochs", row.get("epochs")),
+                           "images_matched": run.get("images_matched")}  # fmt: skip
+                cache = _cache(work_root / f"s{seed}", key, k)
+                if not cache.exists():
+                    cache.parent.mkdir(parents=True, exist_ok=True)
+                    cache.write_text(json.dumps(row, default=float))
+                    n += 1
+    log(f"restored {n} cached rounds from {results_json}")
+
+
 def run_seed(work: Path, plan: Plan, seed: int, log: Clock) -> dict[str, Any]:
     """Every method of the plan on one seed's data; returns ``{method key: {"rounds": [...], ...}}``."""
     sizes = plan.sizes
+    if plan.report_only:  # the cached rows are all a report needs: no faces, no round 0
+        return _cached_runs(work, plan, seed, log)
     data = make_data(work.parent / "faces", plan.severity, seed, sizes)
     ingested = ingest(work, data, seed)
     train_round0(work, ingested, plan, seed, log)
@@ -318,9 +376,6 @@ def run_seed(work: Path, plan: Plan, seed: int, log: Clock) -> dict[str, Any]:
     runs: dict[str, Any] = {}
     for method in plan.methods:
         if method.seeds == "first" and seed != plan.seeds[0]:
-            continue
-        if plan.report_only and not _cache(work, method.key, plan.rounds).exists():
-            log(f"seed {seed}: {method.key} not in the report (--report-only: it has not run to its last round)")
             continue
         if method.kind == "self":
             try:
@@ -365,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated method keys to run (default: all); cached rounds of others are not read")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: report the (seed, method) runs whose last round is cached")
+    p.add_argument("--restore", type=Path, default=None,
+                   help="an earlier run's results.json (same plan): its rows become the cache")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--work", type=Path, default=None, help="work folder (default: bench/out/stc[-quick])")
     p.add_argument("--out", type=Path, default=None, help="report folder (default: bench/results[/quick])")
@@ -376,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     log = Clock(work / "progress.log")
     log(f"plan: {plan}")
+    if args.restore is not None:
+        restore_caches(args.restore, work, plan, log)
     results = {"plan": {"seeds": list(plan.seeds), "severity": plan.severity, "sizes": plan.sizes, "model": plan.model,
                         "round0_epochs": plan.round0_epochs, "epochs": plan.epochs, "rounds": plan.rounds,
                         "review_budget": plan.review_budget, "reviewer_noise": plan.reviewer_noise,

@@ -59,6 +59,8 @@ def _check_review_fields(cfg: Any) -> None:
             raise ValueError(f"STC config {name}={getattr(cfg, name)!r}: must be an NME above 0")
     if cfg.audit_min < 0 or cfg.recalibrate_min_faces < 0:
         raise ValueError("STC config audit_min and recalibrate_min_faces: must be counts >= 0")
+    if cfg.routing not in ("threshold", "round0-shares"):
+        raise ValueError(f"STC config routing={cfg.routing!r}: use threshold or round0-shares")
     if cfg.reselect_skipped_after is not None and cfg.reselect_skipped_after < 1:
         raise ValueError(
             f"STC config reselect_skipped_after={cfg.reselect_skipped_after!r}: use a number of rounds >= 1, or null"
@@ -85,6 +87,10 @@ class STCConfig:
     std_below: float = 0.05  # confidence schedule thresholds, predicted NME
     cls2_below: float = 0.10
     cls3_below: float = 0.15
+    # How the confidence schedule routes from round 2 on: "threshold" (the thresholds above, every round) or
+    # "round0-shares" (by rank of predicted NME, each level keeping the share round 0's labeling gave it: the
+    # remedy for confidence inflated on pool faces the model has trained on, bench/RESULTS.md issue 13).
+    routing: str = "threshold"
     # STLD (pipnet_core.curriculum.STLDSchedule). "cpu": three rounds sized for a 2-core machine (adapted:
     # pretraining + fine-tuning; shrink p 2.4 at weight 0.1 on the second head set; fine targets p 1, weight 1
     # on the main heads); "full": the release's four rounds (p 2.4 w 0.1, p 1.6 w 1, p 1 w 1). Its pretraining

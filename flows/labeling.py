@@ -19,7 +19,24 @@ from flows.checkpoints import round_model_version
 from flows.config import STCConfig
 from flows.evaluation import predictor, round_mapping
 
-__all__ = ["label_shard"]
+__all__ = ["label_shard", "route"]
+
+
+def route(store: Store, k: int, cfg: STCConfig, policy: object, predicted_nme: np.ndarray) -> np.ndarray:
+    """The level of each face round k labels (for round k + 1's training).
+
+    ``routing="round0-shares"`` (confidence schedule, k >= 1): by rank, each level keeping the share of
+    round 0's pseudo-labels (:func:`pipnet_core.curriculum.levels_by_shares`); the ranks are taken within
+    the shard, a random slice of the pool (sample ids are content hashes), so shares hold per shard.
+    Otherwise the policy's own rule.
+    """
+    from pipnet_core.curriculum import level_shares, levels_by_shares
+
+    if cfg.routing == "round0-shares" and cfg.schedule == "confidence" and k >= 1:
+        first = store.pseudo_labels(0).frame
+        if len(first):
+            return levels_by_shares(predicted_nme, level_shares(first["level"].to_numpy()))
+    return policy.levels(k + 1, predicted_nme)  # type: ignore[attr-defined]
 
 
 def label_shard(store_url: str, k: int, shard: str, cfg_json: str) -> dict[str, int]:
@@ -48,6 +65,7 @@ def label_shard(store_url: str, k: int, shard: str, cfg_json: str) -> dict[str, 
         rejects.append({"stage": "pseudo", "source": samples["image_uri"][idx], "location": None,
                         "sample_id": samples["sample_id"][idx], "round": k, "reason": reason,
                         "created_at": pd.Timestamp.now(tz="UTC")})  # fmt: skip
+    levels = route(store, k, cfg, policy, pred.predicted_nme[ok])
     rows = pd.DataFrame(
         {
             "sample_id": samples["sample_id"][ok].to_numpy(),
@@ -55,7 +73,7 @@ def label_shard(store_url: str, k: int, shard: str, cfg_json: str) -> dict[str, 
             "round": k,
             "face_confidence": pred.face_confidence[ok].astype(np.float32),
             "predicted_nme": pred.predicted_nme[ok].astype(np.float32),
-            "level": policy.levels(k + 1, pred.predicted_nme[ok]),
+            "level": levels,
             "model_version": round_model_version(store, k),
         }
     )

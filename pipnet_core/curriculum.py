@@ -45,6 +45,8 @@ __all__ = [
     "PlainSelfTraining",
     "STLDSchedule",
     "create_policy",
+    "level_shares",
+    "levels_by_shares",
 ]
 
 # Official task list with curriculum (train_gssl.py): rounds 1..5.
@@ -222,6 +224,44 @@ class STLDSchedule:
         fine_tune = Stage("fine-tune", human=Task(), pseudo=self.fine_tune_task(round), start="previous",
                           oversample=0 if last else self.oversample)  # fmt: skip
         return (pretrain, fine_tune)
+
+
+LEVEL_ORDER = ("std", "cls2", "cls3")  # most trusted first; the rest goes to ``review``
+
+
+def level_shares(levels: np.ndarray) -> dict[str, float]:
+    """The share of faces at each training level (``std``, ``cls2``, ``cls3``) of a set of routed pseudo-labels."""
+    lv = np.asarray(levels, dtype=object)
+    n = max(len(lv), 1)
+    return {name: float(np.sum(lv == name)) / n for name in LEVEL_ORDER}
+
+
+def levels_by_shares(predicted_nme: np.ndarray, shares: dict[str, float]) -> np.ndarray:
+    """Route by rank instead of by threshold: the lowest predicted NMEs fill ``std`` up to its share, then ``cls2``,
+    then ``cls3``; the rest (and every non-finite prediction) goes to ``review``.
+
+    pipstc's remedy for confidence inflated on faces the model has trained on (bench/RESULTS.md, issue 13):
+    from round 1 on the model has seen the pool through its own pseudo-labels, so its predicted NME there
+    is lower than its real NME and fixed thresholds promote more and more faces to ``std``. The shares are
+    taken from the one labeling whose model had not seen the pool (round 0's); ranks keep what the
+    confidence still knows (which faces are worse than which) without trusting its scale. Ties keep the
+    input order (a stable sort), so the result is deterministic.
+    """
+    p = np.asarray(predicted_nme, dtype=np.float64)
+    out = np.full(len(p), "review", dtype=object)
+    finite = np.flatnonzero(np.isfinite(p))
+    order = finite[np.argsort(p[finite], kind="stable")]
+    start = 0
+    total = 0.0
+    for name in LEVEL_ORDER:
+        share = float(shares.get(name, 0.0))
+        if not 0 <= share <= 1:
+            raise ValueError(f"level share {name}={share!r}: must be in [0, 1]")
+        total += share
+        stop = min(len(order), int(round(total * len(p))))
+        out[order[start:stop]] = name
+        start = max(start, stop)
+    return out
 
 
 def create_policy(name: str, **kwargs: float | bool | str) -> CurriculumPolicy:

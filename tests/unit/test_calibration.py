@@ -72,3 +72,27 @@ def test_without_reviewed_faces_nothing_changes_and_that_is_recorded(tmp_path: P
     record = Store.open(url).read_round_json(0, CALIBRATION_FILE)
     assert "0 reviewed pool faces" in record["reason"] and record["previous_thresholds"]["std_below"] == 0.05
     assert Store.open(url).read_round_json(0, "confidence.json", default=None) is None
+
+
+def test_round0_shares_routing_takes_round_0s_level_shares_from_the_store(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from flows.labeling import route
+    from tests.unit.review_store import face_landmarks, make_pool_store, pool_ids
+
+    store = make_pool_store(tmp_path, n=10)
+    ids = pool_ids(10)
+    first = ["std"] * 4 + ["cls2"] * 4 + ["review"] * 2  # round 0's model routed these by its thresholds
+    store.add_labels(pd.DataFrame({"sample_id": ids, "source": "pseudo", "round": 0, "level": first,
+                                   "predicted_nme": np.float32(0.05), "model_version": "round-0"}),
+                     face_landmarks(10))  # fmt: skip
+    inflated = np.linspace(0.001, 0.01, 10)[::-1]  # round 1's model: every face under std_below, worst first
+    cfg = STCConfig.tiny(schedule="confidence")
+    shares = cfg.replace(routing="round0-shares")
+    assert route(store, 1, cfg, cfg.policy(), inflated).tolist() == ["std"] * 10  # thresholds: all promoted
+    assert route(store, 1, shares, shares.policy(), inflated).tolist() == (
+        ["review"] * 2 + ["cls2"] * 4 + ["std"] * 4
+    )  # round 0's shares, by rank
+    assert route(store, 0, shares, shares.policy(), inflated).tolist() == ["std"] * 10  # round 0 itself: thresholds
+    with pytest.raises(ValueError, match="routing"):
+        STCConfig(routing="quantile")
