@@ -92,6 +92,8 @@ METHODS = (
     # Remedies (issue 13): the default with one switch the headline's data pointed to.
     Method("confidence-shares", "remedy: default, levels by round 0's shares", "self", "confidence", seeds="first",
            overrides=(("routing", "round0-shares"),)),  # fmt: skip
+    Method("confidence-crossfit", "remedy: default, two-fold cross pseudo-labeling", "self", "confidence",
+           seeds="first", overrides=(("cross_fit", True),)),  # fmt: skip
 )
 
 

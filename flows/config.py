@@ -61,6 +61,8 @@ def _check_review_fields(cfg: Any) -> None:
         raise ValueError("STC config audit_min and recalibrate_min_faces: must be counts >= 0")
     if cfg.routing not in ("threshold", "round0-shares"):
         raise ValueError(f"STC config routing={cfg.routing!r}: use threshold or round0-shares")
+    if cfg.cross_fit and cfg.schedule == "stld":
+        raise ValueError("STC config cross_fit: for one-stage schedules (confidence, paper, plain), not stld")
     if cfg.reselect_skipped_after is not None and cfg.reselect_skipped_after < 1:
         raise ValueError(
             f"STC config reselect_skipped_after={cfg.reselect_skipped_after!r}: use a number of rounds >= 1, or null"
@@ -91,6 +93,11 @@ class STCConfig:
     # "round0-shares" (by rank of predicted NME, each level keeping the share round 0's labeling gave it: the
     # remedy for confidence inflated on pool faces the model has trained on, bench/RESULTS.md issue 13).
     routing: str = "threshold"
+    # Two-fold cross pseudo-labeling (one-stage schedules): from round 1 on, the train step also trains two
+    # fold models, each on people's labels plus the pseudo-labels of one half of the pool, and each half is
+    # labeled (and its confidence predicted) by the fold model that never trained on it. The round's own
+    # model (evaluation, export, predict) still trains on everything. ~2.25x a round's training time.
+    cross_fit: bool = False
     # STLD (pipnet_core.curriculum.STLDSchedule). "cpu": three rounds sized for a 2-core machine (adapted:
     # pretraining + fine-tuning; shrink p 2.4 at weight 0.1 on the second head set; fine targets p 1, weight 1
     # on the main heads); "full": the release's four rounds (p 2.4 w 0.1, p 1.6 w 1, p 1 w 1). Its pretraining

@@ -19,7 +19,60 @@ from flows.checkpoints import round_model_version
 from flows.config import STCConfig
 from flows.evaluation import predictor, round_mapping
 
-__all__ = ["label_shard", "route"]
+__all__ = ["cross_fitted", "label_shard", "route"]
+
+
+def cross_fitted(store: Store, k: int, cfg: STCConfig) -> bool:
+    """Whether round k labels the pool with its fold models (:attr:`STCConfig.cross_fit`, both trained)."""
+    from flows.checkpoints import has_checkpoint
+    from flows.training import FOLDS, fold_checkpoint
+
+    return cfg.cross_fit and k >= 1 and all(has_checkpoint(store, k, fold_checkpoint(f)) for f in range(FOLDS))
+
+
+def _cross_predict(store: Store, k: int, cfg: STCConfig, confidence: object, samples: pd.DataFrame,
+                   boxes: np.ndarray, average_flip: bool) -> object:  # fmt: skip
+    """Each face predicted by the fold model that did not train on it (fold f's faces by fold 1 - f's model).
+
+    The fold models run on torch (no ONNX export per fold); the confidence model is the round's (its
+    calibration on the holdout, which neither fold model trained on either).
+    """
+    from flows.checkpoints import checkpoint_path
+    from flows.training import FOLDS, fold_checkpoint, fold_of
+    from pipnet_core.predict import Prediction, Predictor
+
+    folds = fold_of(samples["sample_id"])
+    uris = samples["image_uri"].tolist()
+    parts = []
+    for f in range(FOLDS):
+        idx = np.flatnonzero(folds == f)
+        if not len(idx):
+            continue
+        other = Predictor.from_checkpoint(checkpoint_path(store, k, fold_checkpoint((f + 1) % FOLDS)),
+                                          backend="torch", confidence=confidence)  # fmt: skip
+        parts.append((idx, other.predict([uris[i] for i in idx], boxes[idx], flip_tta=cfg.flip_tta,
+                                         average_flip=average_flip)))  # fmt: skip
+    n = len(samples)
+    first = parts[0][1]
+
+    def merged(name: str) -> np.ndarray:
+        ref = getattr(first, name)
+        out = np.full((n, *ref.shape[1:]), np.nan, dtype=ref.dtype)
+        for idx, p in parts:
+            out[idx] = getattr(p, name)
+        return out
+
+    signals = {}
+    for key in first.signals:
+        ref = first.signals[key]
+        arr = np.full((n, *ref.shape[1:]), np.nan, dtype=ref.dtype)
+        for idx, p in parts:
+            arr[idx] = p.signals[key]
+        signals[key] = arr
+    failed = [(int(idx[i]), why) for idx, p in parts for i, why in p.failed]
+    return Prediction(landmarks=merged("landmarks"), landmarks_norm=merged("landmarks_norm"),
+                      landmark_confidence=merged("landmark_confidence"), face_confidence=merged("face_confidence"),
+                      predicted_nme=merged("predicted_nme"), signals=signals, failed=sorted(failed))  # fmt: skip
 
 
 def route(store: Store, k: int, cfg: STCConfig, policy: object, predicted_nme: np.ndarray) -> np.ndarray:
@@ -55,9 +108,13 @@ def label_shard(store_url: str, k: int, shard: str, cfg_json: str) -> dict[str, 
     boxes = inference_crop_boxes(samples, round_mapping(store, k), cfg.crop_scale)
     policy = round_policy(store, k, cfg)  # the round's thresholds from reviewed faces, when it chose any
     # every pool face, the main heads' prediction; whether the flip view joins the label is the policy's call
-    pred = predictor(store, k, cfg, confidence=model).predict(
-        samples["image_uri"].tolist(), boxes, flip_tta=cfg.flip_tta, average_flip=policy.average_flip
-    )
+    uris = samples["image_uri"].tolist()
+    if cross_fitted(store, k, cfg):
+        pred = _cross_predict(store, k, cfg, model, samples, boxes, policy.average_flip)
+    else:
+        pred = predictor(store, k, cfg, confidence=model).predict(
+            uris, boxes, flip_tta=cfg.flip_tta, average_flip=policy.average_flip
+        )
     ok = np.ones(len(samples), dtype=bool)
     rejects = []
     for idx, reason in pred.failed:

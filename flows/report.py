@@ -33,13 +33,15 @@ def epochs_trained(store: Store) -> dict[int, tuple[int, int]]:
     A round whose training started from the previous round's weights (a warm start, or STLD's
     pretraining lineage) carries that round's total: its holdout NME reflects all of those epochs,
     so a gain over round 0 is self-training *and* extra training until compared with supervised
-    training of equal length (bench/RESULTS.md).
+    training of equal length (bench/RESULTS.md). The fold models of cross pseudo-labeling are not counted
+    (they label the pool; the round's model never trains from them).
     """
     out: dict[int, tuple[int, int]] = {}
     for k in store.rounds():
         info = store.read_round_json(k, "training_set.json", default=None) or {}
         cfg = store.read_round_json(k, "config.json", default=None) or {}
         stages = info.get("stages") or [{"epochs": (cfg.get("train") or cfg).get("epochs", 0), "init_from": None}]
+        stages = [st for st in stages if "fold" not in st]  # cross-fitting's fold models are not the round's model
         own = int(sum(int(st.get("epochs", 0)) for st in stages))
         earlier = f"round={k - 1}"
         warm = any(earlier in str(st.get("init_from") or "") for st in stages)

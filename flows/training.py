@@ -46,12 +46,35 @@ from flows.errors import UserError
 from pipnet_core.config import TrainConfig
 from pipnet_core.stages import Stage, StageSamples, describe_stage, stage_samples
 
-__all__ = ["NodeSet", "round_training_set", "stage_config", "stage_start", "train_round", "working_checkpoint"]
+__all__ = [
+    "FOLDS",
+    "NodeSet",
+    "fold_checkpoint",
+    "fold_of",
+    "round_training_set",
+    "stage_config",
+    "stage_start",
+    "train_round",
+    "working_checkpoint",
+]
 
 log = logging.getLogger(__name__)
 # The pretraining lineage lives in this file of every round that pretrains (STLD).
 PRETRAIN_CHECKPOINT = "pretrain.pt"
 TRAINING_SET = "training_set.json"
+FOLDS = 2  # cross pseudo-labeling (STCConfig.cross_fit)
+
+
+def fold_of(sample_ids: Any) -> np.ndarray:
+    """The cross-fitting fold (0 or 1) of each sample id: a stable hash, the same every round and machine."""
+    import hashlib
+
+    return np.array([hashlib.sha256(str(s).encode()).digest()[0] % FOLDS for s in sample_ids], dtype=np.int64)
+
+
+def fold_checkpoint(fold: int) -> str:
+    """Round file of fold model ``fold``: trained on people's labels plus the pseudo-labels of that fold."""
+    return f"fold{fold}.pt"
 
 
 def round_training_set(store: Store, k: int) -> TrainingSet:
@@ -259,6 +282,8 @@ def train_round(
                      "start": stage.start, "init_from": init_from, "groups": chosen.groups})  # fmt: skip
     if previous is None or done[-1].get("skipped"):
         raise RuntimeError(f"round {k}: the {stages[-1].name} stage of schedule {cfg.schedule!r} has no faces")
+    if cfg.cross_fit and k >= 1 and writer:
+        done += _train_folds(store, k, data, stages[-1], cfg, progress, records)
     trained = "; ".join(_describe(d) for d in done)
     if not writer:
         return {"checkpoint": str(previous), "trained": trained, "stages": done}
@@ -271,6 +296,46 @@ def train_round(
     version = model_version(k, file_sha256(previous))
     return {"checkpoint": str(previous), "model_version": version, "faces": len(data), "trained": trained,
             "stages": done}  # fmt: skip
+
+
+def _train_folds(store: Store, k: int, data: TrainingSet, stage: Stage, cfg: STCConfig, progress: bool,
+                 records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:  # fmt: skip
+    """Round k's fold models (cross pseudo-labeling, :attr:`STCConfig.cross_fit`); their entries for the record.
+
+    Fold f trains on people's labels and the pseudo-labels of the pool faces in fold f, as the round's
+    own stage does (same task per face, epochs, milestones), starting from round k-1's fold f model
+    (round 0's model at round 1) when the schedule warm-starts. The pool faces of fold 1 - f are never
+    in its training, so their pseudo-labels and confidence come from a model that has not seen them.
+    One process: DDP (``processes``) is for the round's own model.
+    """
+    is_pseudo = np.asarray(data.sources, dtype=object) == "pseudo"
+    folds = fold_of(data.sample_ids)
+    out = []
+    for f in range(FOLDS):
+        rows = np.flatnonzero(~is_pseudo | (folds == f))
+        pick = [int(i) for i in rows]
+        sub = TrainingSet(
+            sample_ids=[data.sample_ids[i] for i in pick],
+            image_uris=[data.image_uris[i] for i in pick],
+            landmarks=data.landmarks[rows],
+            levels=[data.levels[i] for i in pick],
+            sources=[data.sources[i] for i in pick],
+            label_ids=[data.label_ids[i] for i in pick],
+        )
+        chosen = stage_samples(stage, sub.sources, sub.levels)
+        init_from = None
+        if cfg.warm_starts():
+            prev = fold_checkpoint(f) if has_checkpoint(store, k - 1, fold_checkpoint(f)) else "model.pt"
+            init_from = checkpoint_path(store, k - 1, prev)
+        tcfg = dataclasses.replace(stage_config(cfg, k, stage, init_from), processes=1,
+                                   seed=cfg.train.seed + k + 1000 * (f + 1))  # fmt: skip
+        name = fold_checkpoint(f)
+        _, record = _train_stage(store, k, sub, chosen, tcfg, cfg, name, progress)
+        if record is not None:
+            records[name.removesuffix(".pt")] = record
+        out.append({"name": f"fold {f}", "fold": f, "epochs": tcfg.epochs, "checkpoint": name, "start": stage.start,
+                    "init_from": init_from, "groups": chosen.groups})  # fmt: skip
+    return out
 
 
 def _describe(stage: dict[str, Any]) -> str:

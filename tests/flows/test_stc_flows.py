@@ -117,3 +117,41 @@ def test_a_round_finishes_with_its_report_when_label_studio_is_down(
     assert review["selected"] >= 1 and review["pending"] == review["selected"] and review["error"]
     pending = store.get_setting(SETTING_PENDING)
     assert len(pending) == review["selected"] and {p["round"] for p in pending} == {0}
+
+
+def test_cross_fitting_labels_each_pool_half_with_the_fold_model_that_never_trained_on_it(tiny_store: str) -> None:
+    from annotations.ingest.crops import inference_crop_boxes
+    from flows.report import epochs_trained
+    from pipnet_core.predict import Predictor
+
+    cfg = TINY.replace(cross_fit=True, flip_tta=False)
+    stc(tiny_store, rounds=1, schedule="confidence", config=cfg.to_dict())
+    store = Store.open(tiny_store)
+    assert not checkpoints.has_checkpoint(store, 0, training.fold_checkpoint(0))  # round 0 labels with its model
+    info = store.read_round_json(1, "training_set.json")
+    folds = [st for st in info["stages"] if "fold" in st]
+    assert [st["fold"] for st in folds] == [0, 1]
+    # fold f trained on people's labels and fold f's pseudo-labels only
+    trained = store.read_round_json(1, "training_set.json")
+    ids = np.array(trained["sample_ids"])
+    is_pseudo = np.isin(ids, store.samples(split="pool")["sample_id"].to_numpy())
+    for st in folds:
+        pseudo_faces = sum(g["faces"] for g in st["groups"] if g["source"] == "pseudo")
+        assert pseudo_faces == int((training.fold_of(ids[is_pseudo]) == st["fold"]).sum())
+    assert epochs_trained(store)[1][0] == cfg.train.epochs  # the fold models are not the round's training
+    # round 1's pseudo-labels: a fold-0 face is labeled by fold 1's model, not by the round's own model
+    labels = store.pseudo_labels(1)
+    frame = labels.frame.reset_index(drop=True)
+    samples = store.samples().set_index("sample_id").loc[frame["sample_id"]].reset_index()
+    boxes = inference_crop_boxes(samples, evaluation.round_mapping(store, 1), cfg.crop_scale)
+    uris = samples["image_uri"].tolist()
+    fold = training.fold_of(frame["sample_id"])
+    for f in (0, 1):
+        rows = np.flatnonzero(fold == f)[:3]
+        assert len(rows)
+        other = checkpoints.checkpoint_path(store, 1, training.fold_checkpoint(1 - f))
+        own = checkpoints.checkpoint_path(store, 1)
+        by_other = Predictor.from_checkpoint(other, backend="torch").predict([uris[i] for i in rows], boxes[rows])
+        by_own = Predictor.from_checkpoint(own, backend="torch").predict([uris[i] for i in rows], boxes[rows])
+        np.testing.assert_allclose(labels.landmarks[rows], by_other.landmarks, atol=1e-3)
+        assert not np.allclose(labels.landmarks[rows], by_own.landmarks, atol=1e-3)

@@ -96,3 +96,5 @@ def test_round0_shares_routing_takes_round_0s_level_shares_from_the_store(tmp_pa
     assert route(store, 0, shares, shares.policy(), inflated).tolist() == ["std"] * 10  # round 0 itself: thresholds
     with pytest.raises(ValueError, match="routing"):
         STCConfig(routing="quantile")
+    with pytest.raises(ValueError, match="cross_fit"):
+        STCConfig(schedule="stld", cross_fit=True)  # STLD's two stages have no single stage to fold
