@@ -7,6 +7,7 @@ retried or rerun shard adds nothing twice. Faces whose image cannot be read beco
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,7 +32,7 @@ def cross_fitted(store: Store, k: int, cfg: STCConfig) -> bool:
 
 
 def _cross_predict(store: Store, k: int, cfg: STCConfig, confidence: object, samples: pd.DataFrame,
-                   boxes: np.ndarray, average_flip: bool) -> object:  # fmt: skip
+                   boxes: np.ndarray, average_flip: bool) -> Any:  # fmt: skip
     """Each face predicted by the fold model that did not train on it (fold f's faces by fold 1 - f's model).
 
     The fold models run on torch (no ONNX export per fold); the confidence model is the round's (its
@@ -52,27 +53,19 @@ def _cross_predict(store: Store, k: int, cfg: STCConfig, confidence: object, sam
                                           backend="torch", confidence=confidence)  # fmt: skip
         parts.append((idx, other.predict([uris[i] for i in idx], boxes[idx], flip_tta=cfg.flip_tta,
                                          average_flip=average_flip)))  # fmt: skip
-    n = len(samples)
-    first = parts[0][1]
+    n, first = len(samples), parts[0][1]
 
-    def merged(name: str) -> np.ndarray:
-        ref = getattr(first, name)
-        out = np.full((n, *ref.shape[1:]), np.nan, dtype=ref.dtype)
+    def merged(get: Any) -> np.ndarray:
+        out = np.full((n, *get(first).shape[1:]), np.nan, dtype=get(first).dtype)
         for idx, p in parts:
-            out[idx] = getattr(p, name)
+            out[idx] = get(p)
         return out
 
-    signals = {}
-    for key in first.signals:
-        ref = first.signals[key]
-        arr = np.full((n, *ref.shape[1:]), np.nan, dtype=ref.dtype)
-        for idx, p in parts:
-            arr[idx] = p.signals[key]
-        signals[key] = arr
+    signals = {key: merged(lambda p, key=key: p.signals[key]) for key in first.signals}
     failed = [(int(idx[i]), why) for idx, p in parts for i, why in p.failed]
-    return Prediction(landmarks=merged("landmarks"), landmarks_norm=merged("landmarks_norm"),
-                      landmark_confidence=merged("landmark_confidence"), face_confidence=merged("face_confidence"),
-                      predicted_nme=merged("predicted_nme"), signals=signals, failed=sorted(failed))  # fmt: skip
+    fields = ("landmarks", "landmarks_norm", "landmark_confidence", "face_confidence", "predicted_nme")
+    arrays = {name: merged(lambda p, name=name: getattr(p, name)) for name in fields}
+    return Prediction(**arrays, signals=signals, failed=sorted(failed))
 
 
 def route(store: Store, k: int, cfg: STCConfig, policy: object, predicted_nme: np.ndarray) -> np.ndarray:
@@ -108,12 +101,11 @@ def label_shard(store_url: str, k: int, shard: str, cfg_json: str) -> dict[str, 
     boxes = inference_crop_boxes(samples, round_mapping(store, k), cfg.crop_scale)
     policy = round_policy(store, k, cfg)  # the round's thresholds from reviewed faces, when it chose any
     # every pool face, the main heads' prediction; whether the flip view joins the label is the policy's call
-    uris = samples["image_uri"].tolist()
     if cross_fitted(store, k, cfg):
         pred = _cross_predict(store, k, cfg, model, samples, boxes, policy.average_flip)
     else:
         pred = predictor(store, k, cfg, confidence=model).predict(
-            uris, boxes, flip_tta=cfg.flip_tta, average_flip=policy.average_flip
+            samples["image_uri"].tolist(), boxes, flip_tta=cfg.flip_tta, average_flip=policy.average_flip
         )
     ok = np.ones(len(samples), dtype=bool)
     rejects = []
