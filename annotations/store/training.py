@@ -79,6 +79,12 @@ def training_set(store: Store, k: int) -> TrainingSet:
     keep &= ~frame["sample_id"].isin(rejected_samples(store)).to_numpy()
     frame = frame[keep].reset_index(drop=True)
     landmarks = view.landmarks[keep]
+    # Pseudo-labels come in the order their shards finished (parallel labeling), and the order of a training
+    # set is the order its batches are drawn in: sorted by sample id after people's labels (kept in the order
+    # they were written), the same store trains the same weights however its shards raced.
+    order = _deterministic_order(frame["source"].to_numpy(), frame["sample_id"].to_numpy())
+    frame = frame.iloc[order].reset_index(drop=True)
+    landmarks = landmarks[order]
     levels = np.where(frame["source"].to_numpy() == "pseudo", frame["level"].fillna("std").to_numpy(), "std")
     uris = store.samples().set_index("sample_id").loc[frame["sample_id"], "image_uri"]
     return TrainingSet(
@@ -89,6 +95,15 @@ def training_set(store: Store, k: int) -> TrainingSet:
         sources=[str(s) for s in frame["source"]],
         label_ids=[str(s) for s in frame["label_id"]],
     )
+
+
+def _deterministic_order(sources: np.ndarray, sample_ids: np.ndarray) -> np.ndarray:
+    """Rows in training order: people's labels as stored, then the pseudo-labels by sample id."""
+    pseudo = sources == "pseudo"
+    key = np.arange(len(sources))
+    ids = sample_ids[pseudo].astype(str)
+    key[pseudo] = len(sources) + np.argsort(np.argsort(ids, kind="stable"), kind="stable")
+    return np.argsort(key, kind="stable")
 
 
 def recorded_training_set(store: Store, record: dict[str, Any], where: str = "training_set.json") -> TrainingSet:

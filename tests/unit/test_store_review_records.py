@@ -148,3 +148,19 @@ def test_parts_written_before_the_new_columns_are_read_with_them_null(tmp_path: 
     assert again.reviews()["annotated_at"].isna().all()
     retract_labels(again, ["old1"])  # and new rows go beside them
     assert len(again.labels()) == 0 and len(again.labels(retracted=True)) == 2
+
+
+def test_a_training_set_does_not_depend_on_the_order_its_pseudo_label_shards_finished(tmp_path: Path) -> None:
+    from tests.unit.review_store import add_pseudo, make_pool_store, pool_ids
+
+    ids = pool_ids(12)
+    sets = []
+    for name, halves in (("a", (ids[:6], ids[6:])), ("b", (ids[6:], ids[:6]))):  # shard B finished first in "b"
+        store = make_pool_store(tmp_path / name, n=12)
+        for half in halves:
+            add_pseudo(store, 0, half, np.full(len(half), 0.03))
+        sets.append(training_set(store, 1))
+    a, b = sets
+    assert a.sample_ids == b.sample_ids and a.label_ids == b.label_ids
+    np.testing.assert_array_equal(a.landmarks, b.landmarks)
+    assert a.sources[:3] == ["human"] * 3 and a.sample_ids[3:] == sorted(ids)  # people first, then by sample id
