@@ -22,6 +22,12 @@ labels within NME 0.08. Results are cached per (seed, method, round), so a stopp
     python bench/bench_stc.py                      # the full benchmark (hours; resumable)
     python bench/bench_stc.py --seeds 3,4 --severity mild   # others: other seeds, a neighbouring regime
     python bench/bench_stc.py --quick              # CI: tiny sizes, one seed; numbers meaningless
+    python bench/bench_stc.py --methods confidence,stld --report-only   # report what is cached, train nothing
+    python bench/bench_stc.py --restore bench/results/results.json ...  # a lost work folder: reuse its rows
+
+The remedies (``confidence-shares``, ``confidence-crossfit``) are the default schedule with one switch
+each (Method.overrides); with --restore, a method resumed from restored rows still needs its store for any
+round not cached (the store is not in results.json), so only add rounds or methods that start from round 0.
 
 Writes <out>/stc.md, <out>/results.json and PNG plots (default out: bench/results; bench/results/quick
 with --quick). A Prefect API serves the round flows: PREFECT_API_URL when set, else Prefect's temporary
