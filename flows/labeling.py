@@ -76,9 +76,14 @@ def route(store: Store, k: int, cfg: STCConfig, policy: object, predicted_nme: n
     the shard, a random slice of the pool (sample ids are content hashes), so shares hold per shard.
     Otherwise the policy's own rule.
     """
-    from pipnet_core.curriculum import level_shares, levels_by_shares
+    from pipnet_core.curriculum import LEVEL_ORDER, level_shares, levels_by_shares
 
     if cfg.routing == "round0-shares" and cfg.schedule == "confidence" and k >= 1:
+        # round 0's label-pool step recorded its level counts: no read of the pool's labels per shard
+        counts = (store.completed_steps(0).get("label_pool") or {}).get("levels")
+        if counts:
+            total = sum(int(n) for n in counts.values())
+            return levels_by_shares(predicted_nme, {lv: int(counts.get(lv, 0)) / total for lv in LEVEL_ORDER})
         first = store.pseudo_labels(0).frame
         if len(first):
             return levels_by_shares(predicted_nme, level_shares(first["level"].to_numpy()))

@@ -41,6 +41,7 @@ __all__ = [
     "STLD_SCHEDULES",
     "ConfidenceRouted",
     "CurriculumPolicy",
+    "LEVEL_ORDER",
     "PaperSchedule",
     "PlainSelfTraining",
     "STLDSchedule",

@@ -94,6 +94,11 @@ def test_round0_shares_routing_takes_round_0s_level_shares_from_the_store(tmp_pa
         ["review"] * 2 + ["cls2"] * 4 + ["std"] * 4
     )  # round 0's shares, by rank
     assert route(store, 0, shares, shares.policy(), inflated).tolist() == ["std"] * 10  # round 0 itself: thresholds
+    # the counts round 0's label-pool step recorded are used when there (no read of the pool's labels)
+    store.mark_step(0, "label_pool", {"levels": {"std": 2, "cls2": 2, "cls3": 2, "review": 4}})
+    assert route(store, 1, shares, shares.policy(), inflated).tolist() == (
+        ["review"] * 4 + ["cls3"] * 2 + ["cls2"] * 2 + ["std"] * 2
+    )
     with pytest.raises(ValueError, match="routing"):
         STCConfig(routing="quantile")
     with pytest.raises(ValueError, match="cross_fit"):
