@@ -312,16 +312,7 @@ def _train_folds(store: Store, k: int, data: TrainingSet, stage: Stage, cfg: STC
     folds = fold_of(data.sample_ids)
     out = []
     for f in range(FOLDS):
-        rows = np.flatnonzero(~is_pseudo | (folds == f))
-        pick = [int(i) for i in rows]
-        sub = TrainingSet(
-            sample_ids=[data.sample_ids[i] for i in pick],
-            image_uris=[data.image_uris[i] for i in pick],
-            landmarks=data.landmarks[rows],
-            levels=[data.levels[i] for i in pick],
-            sources=[data.sources[i] for i in pick],
-            label_ids=[data.label_ids[i] for i in pick],
-        )
+        sub = data.take(np.flatnonzero(~is_pseudo | (folds == f)))
         chosen = stage_samples(stage, sub.sources, sub.levels)
         init_from = None
         if cfg.warm_starts():

@@ -56,6 +56,18 @@ class TrainingSet:
         """Faces per level."""
         return {str(k): int(v) for k, v in sorted(Counter(self.levels).items())}
 
+    def take(self, rows: Any) -> TrainingSet:
+        """The faces at ``rows`` (positions), in that order."""
+        pick = [int(i) for i in np.asarray(rows).ravel()]
+        return TrainingSet(
+            sample_ids=[self.sample_ids[i] for i in pick],
+            image_uris=[self.image_uris[i] for i in pick],
+            landmarks=self.landmarks[pick],
+            levels=[self.levels[i] for i in pick],
+            sources=[self.sources[i] for i in pick],
+            label_ids=[self.label_ids[i] for i in pick],
+        )
+
     def record(self) -> dict[str, Any]:
         """Plain data to write as the round's training_set.json (read back by :func:`recorded_training_set`)."""
         return {
