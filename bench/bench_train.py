@@ -17,11 +17,15 @@ Each row prints images/s, the step's GFLOP/s (3 x the forward FLOPs counted by
 ``torch.utils.flop_counter``), the share of the matmul rate, and the CPU share it got (process and
 loader-worker CPU time / wall time / threads). The per-round ratio loop / bare step is the result.
 ``--profile`` adds where a loop step's time goes (loader parts per batch; forward, backward and
-optimiser inside the step; the for-loop Adam beside the fused one).
+optimiser inside the step; the for-loop Adam beside the fused one). ``--memory`` adds the bare step
+with freed memory kept in the heap (``TrainConfig.reuse_memory``, pipnet_core/heap.py; the loop's
+default, used by every other row) against glibc's defaults, in alternating blocks: images/s, CPU
+work, minor page faults and kernel CPU per step, resident memory.
 
     python bench/bench_train.py                     # 256 px ResNet-18, batch 16, 3 rounds: ~10 min on 2 idle cores
     python bench/bench_train.py --profile           # and the breakdown
     python bench/bench_train.py --compile           # both rows with torch.compile (compile time printed)
+    python bench/bench_train.py --memory --rounds 3 # and freed memory kept vs returned, alternated
     python bench/bench_train.py --quick             # smoke run: 64 px, narrow net, 1 round (seconds)
 """
 
@@ -48,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 from pipnet_core.augment import AugmentConfig, augment  # noqa: E402
 from pipnet_core.config import TrainConfig  # noqa: E402
 from pipnet_core.data import FaceDataset, TargetCollate  # noqa: E402
+from pipnet_core.heap import reused_memory  # noqa: E402
 from pipnet_core.loader import EpochSampler, make_loader  # noqa: E402
 from pipnet_core.loss import pip_loss, targets_to_torch  # noqa: E402
 from pipnet_core.meanface import build_neighbour_table  # noqa: E402
@@ -327,6 +332,53 @@ def _compile_vs_eager(config: TrainConfig, compiled: BareStep, steps: int, threa
     ]
 
 
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def memory_rows(config: TrainConfig, rounds: int, steps: int) -> list[str]:
+    """The bare step with freed memory kept in the heap against glibc's defaults, in alternating blocks.
+
+    The setting is process-wide, so the two cannot alternate step by step (leaving it returns the
+    memory, and the next kept step faults it in again): each block runs two untimed steps (the heap
+    grows until freed blocks fit the next request, pipnet_core/heap.py), then ``steps`` timed ones.
+    """
+    bare = BareStep(config)
+    totals = {m: dict.fromkeys(("wall", "user", "sys", "faults"), 0.0) for m in ("kept", "returned")}
+    rss = {"kept": 0.0, "returned": 0.0}
+    for _ in range(rounds):
+        for mode in ("kept", "returned"):
+            with reused_memory(mode == "kept") as on:
+                assert on == (mode == "kept"), "glibc malloc settings could not be changed here"
+                bare.step()
+                bare.step()
+                r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+                for _ in range(steps):
+                    bare.step()
+                r1, t = resource.getrusage(resource.RUSAGE_SELF), totals[mode]
+                t["wall"] += time.perf_counter() - t0
+                t["user"] += r1.ru_utime - r0.ru_utime
+                t["sys"] += r1.ru_stime - r0.ru_stime
+                t["faults"] += r1.ru_minflt - r0.ru_minflt
+                rss[mode] = max(rss[mode], _rss_mib())
+    n = rounds * steps
+    lines = [
+        f"| bare step, {rounds} alternations of {steps} steps | img/s | images per CPU-second | minor faults / step "
+        "| kernel CPU s / step | user CPU s / step | resident MiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for mode, t in totals.items():
+        lines.append(
+            f"| freed memory {mode} | {n * bare.batch / t['wall']:.2f} | {n * bare.batch / (t['user'] + t['sys']):.2f} "
+            f"| {t['faults'] / n:,.0f} | {t['sys'] / n:.3f} | {t['user'] / n:.3f} | {rss[mode]:,.0f} |"
+        )
+    k, r = totals["kept"], totals["returned"]
+    lines += ["", f"kept / returned: **{r['wall'] / k['wall']:.3f}** wall, "
+              f"**{(r['user'] + r['sys']) / (k['user'] + k['sys']):.3f}** CPU work"]  # fmt: skip
+    return lines
+
+
 def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=3, help="alternations of the rows")
@@ -337,6 +389,8 @@ def _args() -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile in both rows")
     p.add_argument("--nchw", action="store_true", help="NCHW instead of channels_last")
     p.add_argument("--profile", action="store_true", help="also break a step down")
+    p.add_argument("--memory", action="store_true", help="also freed memory kept vs returned (bare step)")
+    p.add_argument("--no-reuse-memory", action="store_true", help="glibc's malloc defaults in the main rows")
     p.add_argument("--quick", action="store_true", help="smoke run: 64 px, width 8, 1 round")
     p.add_argument("--out", type=Path, help="also write the markdown here")
     return p.parse_args()
@@ -351,11 +405,17 @@ def main() -> None:
     else:
         config = TrainConfig()
     config = dataclasses.replace(
-        config, num_workers=args.workers, compile=args.compile, channels_last=not args.nchw, lr=1e-4
+        config,
+        num_workers=args.workers,
+        compile=args.compile,
+        channels_last=not args.nchw,
+        lr=1e-4,
+        reuse_memory=not args.no_reuse_memory,
     )
     gflop = forward_gflop(config)
     mm_n = 1024 if args.quick else 4096
-    with tempfile.TemporaryDirectory() as tmp:
+    memory = memory_rows(config, args.rounds, args.steps) if args.memory else []
+    with tempfile.TemporaryDirectory() as tmp, reused_memory(config.reuse_memory):
         paths, landmarks = write_faces(Path(tmp) / "faces", args.faces, config.input_size)
         dataset = face_dataset(paths, landmarks, config.input_size)
         bare = BareStep(config)
@@ -379,6 +439,8 @@ def main() -> None:
             lines += ["", *_compile_vs_eager(config, bare, args.steps, threads)]
         if args.profile:
             lines += ["", *profile(config, dataset, bare, max(2, args.steps // 2))]
+        if memory:
+            lines += ["", *memory]
     text = "\n".join(lines)
     print("\n" + text)
     if args.out:
@@ -390,7 +452,8 @@ def _table(
 ) -> list[str]:
     workers = config.resolved_num_workers(cuda=False)
     compiled = ", torch.compile" if config.compile else ""
-    mode = f"{'channels_last' if config.channels_last else 'NCHW'}, fused Adam{compiled}"
+    kept = ", freed memory kept" if config.reuse_memory else ", glibc malloc defaults"
+    mode = f"{'channels_last' if config.channels_last else 'NCHW'}, fused Adam{compiled}{kept}"
     lines = [
         f"# Training loop vs bare step, {config.input_size} px, width {config.base_width}, batch {config.batch_size}"
         f"{' (QUICK smoke run: not a measurement)' if args.quick else ''}",

@@ -47,6 +47,9 @@ class TrainConfig:
     # (bench/RESULTS.md, "Training speed"); a GPU needs several to keep up.
     num_workers: int | None = None
     channels_last: bool = True  # NHWC convolutions: ~15% faster training on CPU (docs/speed.md section 4)
+    # Keep freed tensor memory in the process while training (glibc mallopt; pipnet_core/heap.py) instead of
+    # unmapping and page-faulting 64 MiB activations every step: ~10% of a 256 px CPU step, bit-identical.
+    reuse_memory: bool = True
     # torch.compile the model: off, measured (bench/RESULTS.md, "Training speed"): ~30 s idle (6 min loaded) to
     # compile for no CPU-work gain measured here, +8% step rate on an idle day; worth it for long rounds.
     compile: bool = False

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from pipnet_core.config import TrainConfig
 from pipnet_core.data import FaceDataset, TargetCollate
+from pipnet_core.heap import reused_memory
 from pipnet_core.loader import EpochSampler, make_loader
 from pipnet_core.loss import LOSS_PARTS, pip_loss
 from pipnet_core.meanface import NeighbourTable, build_neighbour_table, compute_meanface, neighbour_table_from_nb
@@ -51,7 +52,7 @@ __all__ = [
 ]
 
 # Fields that may change between a run and its resumption without changing what is trained.
-_RESUMABLE_CHANGES = {"epochs", "num_workers", "device"}  # the loader's workers change no batch
+_RESUMABLE_CHANGES = {"epochs", "num_workers", "device", "reuse_memory"}  # change no batch and no number
 
 
 class CheckpointError(ValueError):
@@ -520,6 +521,24 @@ def _fit(
     remaining = max(config.epochs - run.start, 0) * steps
     bar = tqdm(total=remaining, disable=not progress or world.rank != 0, unit="step", dynamic_ncols=True)
 
+    with reused_memory(config.reuse_memory):  # loader workers fork inside, and inherit it
+        _epochs(run, loader, config, scheme, out_path, log, world, bar)
+    bar.close()
+    return out_path, run.model
+
+
+def _epochs(
+    run: _Run,
+    loader: DataLoader,
+    config: TrainConfig,
+    scheme: Scheme,
+    out_path: Path,
+    log: Callable[[dict[str, Any]], None] | None,
+    world: _World,
+    bar: Any,
+) -> None:
+    """The epochs still to train, a checkpoint after each."""
+    device = world.device
     for epoch in range(run.start, config.epochs):
         loader.sampler.set_epoch(epoch)
         bar.set_description(f"epoch {epoch + 1}/{config.epochs}")
@@ -539,5 +558,3 @@ def _fit(
             record = {k: v / max(seen, 1) for k, v in sums.items()}
             log({"epoch": epoch + 1, "loss": record.pop("total"), **record, "lr": run.scheduler.get_last_lr()[0],
                  "seconds": seconds, "images_per_s": seen * world.size / max(seconds, 1e-9)})  # fmt: skip
-    bar.close()
-    return out_path, run.model

@@ -206,6 +206,17 @@ def test_loader_workers_change_no_weight(tmp_path: Path, faces: tuple) -> None:
     assert all(torch.equal(v, b[k]) for k, v in a.items())
 
 
+def test_reused_memory_changes_no_weight(tmp_path: Path, faces: tuple) -> None:
+    # Keeping freed blocks in the heap (pipnet_core/heap.py) changes where memory comes from, not a number.
+    cfg = TrainConfig(epochs=2, batch_size=4, milestones=(1,), lr=1e-3, augment=AugmentConfig(), **TINY)
+    assert cfg.reuse_memory
+    kept = train(cfg, _dataset(faces), SCHEME, tmp_path / "kept.pt", progress=False)
+    plain = dataclasses.replace(cfg, reuse_memory=False)
+    returned = train(plain, _dataset(faces), SCHEME, tmp_path / "returned.pt", progress=False)
+    a, b = torch.load(kept, weights_only=True)["model"], torch.load(returned, weights_only=True)["model"]
+    assert all(torch.equal(v, b[k]) for k, v in a.items())
+
+
 def test_bf16_autocast_trains_on_cpu(tmp_path: Path, faces: tuple) -> None:
     cfg = TrainConfig(epochs=1, batch_size=4, augment=None, precision="bf16", device="cpu", **TINY)
     logs: list[dict] = []
