@@ -50,8 +50,9 @@ class TrainConfig:
     # Keep freed tensor memory in the process while training (glibc mallopt; pipnet_core/heap.py) instead of
     # unmapping and page-faulting 64 MiB activations every step: ~10% of a 256 px CPU step, bit-identical.
     reuse_memory: bool = True
-    # torch.compile the model: off, measured (bench/RESULTS.md, "Training speed"): ~30 s idle (6 min loaded) to
-    # compile for no CPU-work gain measured here, +8% step rate on an idle day; worth it for long rounds.
+    # torch.compile the model: off, measured (bench/RESULTS.md, "Training speed"): 42 s to compile on idle cores
+    # (6 min loaded) for +7.8% step rate (+5.2% CPU work; none measured under load), other bits than eager and a
+    # C++ compiler needed: pays for itself after ~10 min of training on idle cores; turn it on for long rounds.
     compile: bool = False
     precision: str = "fp32"  # "fp32" or "bf16" (autocast; for GPUs: without AMX a CPU runs bf16 ~28% slower)
     device: str = "auto"  # "auto": CUDA when available, else CPU

@@ -13,9 +13,12 @@ run ends, which it needs at every step anyway; on leaving, the settings go back 
 (128 KiB each) and ``malloc_trim(0)`` returns the freed memory to the system.
 
 It changes where memory comes from, never a number computed: weights are bit-identical either way
-(tests/unit/test_heap.py). Nothing happens off glibc Linux, or when the user set glibc's malloc
-tunables (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_`` or
-``GLIBC_TUNABLES``): their choice stands.
+(tests/unit/test_heap.py). Nothing happens off glibc Linux, or when the process was started with
+glibc's malloc tunables (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_``
+or ``GLIBC_TUNABLES``): the user's choice stands. glibc reads them once, at start, so they are read
+from the environment the process started with (``/proc/self/environ``), not from ``os.environ``:
+Dask's ``LocalCluster`` sets ``MALLOC_TRIM_THRESHOLD_`` there for the workers it spawns, which
+changes nothing in this process.
 """
 
 from __future__ import annotations
@@ -50,9 +53,19 @@ def _libc() -> ctypes.CDLL | None:
     return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
+def _started_with_tunables() -> bool:
+    """Whether this process was started with one of glibc's malloc tunables in its environment."""
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            names = {item.split(b"=", 1)[0].decode(errors="replace") for item in f.read().split(b"\0") if item}
+    except OSError:
+        names = set(os.environ)
+    return any(k in names for k in _USER_TUNABLES)
+
+
 def supported() -> bool:
-    """Whether :func:`reused_memory` changes anything here (glibc Linux, no malloc tunables set by the user)."""
-    return _libc() is not None and not any(os.environ.get(k) for k in _USER_TUNABLES)
+    """Whether :func:`reused_memory` changes anything here (glibc Linux, started without malloc tunables)."""
+    return _libc() is not None and not _started_with_tunables()
 
 
 @contextlib.contextmanager

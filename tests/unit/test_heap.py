@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipnet_core.heap import reused_memory, supported
+from pipnet_core.heap import reused_memory
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,16 +35,22 @@ print(on, before, inside, after)
 """
 
 
+def _python(script: str, env: dict[str, str]) -> str:
+    """Stdout of ``script`` in a new Python started with ``env`` and without the malloc variables an
+    earlier test's Dask cluster left in os.environ (for its workers)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**clean, **env}, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
 def _run(env: dict[str, str]) -> tuple[bool, int, int, int]:
-    out = subprocess.run(
-        [sys.executable, "-c", SCRIPT], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, check=True
-    ).stdout.split()
+    out = _python(SCRIPT, env).split()
     return out[0] == "True", int(out[1]), int(out[2]), int(out[3])
 
 
 def test_large_blocks_are_reused_inside_and_returned_after() -> None:
-    assert supported()  # the project runs on glibc Linux (CI included)
-    on, before, inside, after = _run({})
+    on, before, inside, after = _run({})  # the project runs on glibc Linux (CI included): in effect
     pages = 4 * 40 * 2**20 // 4096
     assert on
     assert before > pages // 2  # glibc maps and faults each block afresh
@@ -63,3 +69,14 @@ def test_a_user_malloc_setting_is_left_alone() -> None:
 def test_off_when_asked() -> None:
     with reused_memory(False) as on:
         assert not on
+
+
+def test_a_variable_set_after_start_is_not_a_user_setting() -> None:
+    # Regression: Dask's LocalCluster puts MALLOC_TRIM_THRESHOLD_ in os.environ for the workers it spawns;
+    # glibc read its settings when this process started, so the setting here is still pipstc's to make.
+    script = (
+        "import os\nfrom pipnet_core.heap import reused_memory, supported\n"
+        "os.environ['MALLOC_TRIM_THRESHOLD_'] = '65536'\n"
+        "with reused_memory() as on:\n    print(supported(), on)\n"
+    )
+    assert _python(script, {}).split() == ["True", "True"]
