@@ -5,15 +5,15 @@ with ``munmap`` when it is freed. The threshold adapts, but never above 32 MiB o
 (``DEFAULT_MMAP_THRESHOLD_MAX``, mallopt(3)), and a 256 px ResNet-18 batch of 16 has activations of
 64 MiB each (16 x 64 x 128 x 128 float32 after the stem). So every training step maps those blocks,
 zero-fills them page by page on first touch (a minor page fault per 4 KiB) and unmaps them again:
-measured 62,000-81,000 minor faults and 0.13-0.20 s of kernel time per step on 2 cores, about a tenth
-of the step (bench/RESULTS.md, "Training speed"). Raising ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD``
-with ``mallopt`` (mallopt(3): parameters -3 and -1) keeps those blocks in the heap, where the next
-step reuses them: ~6,500 faults per step. The process then holds its peak training memory until the
-run ends, which it needs at every step anyway; on leaving, the settings go back to glibc's defaults
-(128 KiB each) and ``malloc_trim(0)`` returns the freed memory to the system.
+measured 61,500 minor faults and 0.20 s of kernel CPU per step on 2 cores (bench/RESULTS.md, "On an
+idle machine"). Raising ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` with ``mallopt`` (mallopt(3):
+parameters -3 and -1) keeps those blocks in the heap, where the next step reuses them: ~1,500 faults
+per step and 1.13x the steps per second, for a third more resident memory while training. On
+leaving, the settings go back to glibc's defaults (128 KiB each) and ``malloc_trim(0)`` returns the
+freed memory to the system.
 
 It changes where memory comes from, never a number computed: weights are bit-identical either way
-(tests/unit/test_heap.py). Nothing happens off glibc Linux, or when the process was started with
+(tests/unit/test_train.py). Nothing happens off glibc Linux, or when the process was started with
 glibc's malloc tunables (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_``
 or ``GLIBC_TUNABLES``): the user's choice stands. glibc reads them once, at start, so they are read
 from the environment the process started with (``/proc/self/environ``), not from ``os.environ``:
