@@ -71,8 +71,8 @@ def supported() -> bool:
 @contextlib.contextmanager
 def reused_memory(enabled: bool = True) -> Iterator[bool]:
     """Within the block, freed large blocks stay in the process for reuse; yields whether that is in effect."""
-    libc = _libc() if enabled and supported() else None
-    if libc is None:
+    libc = _libc() if enabled else None
+    if libc is None or _started_with_tunables():
         yield False
         return
     global _depth
