@@ -26,11 +26,14 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import logging
 import os
+import sys
+import traceback
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -39,7 +42,7 @@ from pipnet_core.data import FaceDataset
 from pipnet_core.schemes import Scheme, get_scheme, load_scheme
 from pipnet_core.train import TrainConfig, _fit, _World
 
-__all__ = ["ReplicaMismatchError", "main", "replica_digest", "train_ddp"]
+__all__ = ["ReplicaMismatchError", "main", "replica_digest", "run_and_exit", "train_ddp"]
 
 
 class ReplicaMismatchError(RuntimeError):
@@ -89,7 +92,8 @@ def train_ddp(
             "replica_digests"}`` once every rank has finished.
 
     Returns:
-        ``out_path`` (written by rank 0; every rank returns after it is complete).
+        ``out_path`` (written by rank 0; every rank returns after it is complete). A script of
+        your own that calls this should end its ranks as :func:`run_and_exit` does.
 
     Raises:
         ValueError: ``config.processes`` is not the world size torchrun started.
@@ -173,5 +177,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def run_and_exit(argv: Sequence[str] | None = None) -> NoReturn:
+    """Run :func:`main` and end the process without finalizing the interpreter (``os._exit``).
+
+    A gloo worker thread drops the last reference to a finished collective's tensors a moment after
+    the collective returns. When that moment falls inside the interpreter's shutdown, the thread
+    needs the GIL to free tensors Python made (the replica check's ``all_gather_object``), Python
+    ends the thread instead, and the unwind through a ``noexcept`` destructor calls
+    ``std::terminate``: "terminate called without an active exception", exit -6, although the
+    checkpoint and summary were complete. Seen here in 1 of 20 runs of the two-process test on idle
+    cores and 3 of 89 beside three busy processes, and in CI (core dump: ``ProcessGroupGloo::runLoop`` ->
+    ``~AsyncAllgatherWork`` -> ``THPVariable_clear`` -> ``take_gil`` -> ``pthread_exit``; the same
+    crash as pytorch/pytorch#179291, whose fix upstream was abandoned in 2026-04). Everything a rank
+    leaves is written and closed before this returns from :func:`main`, so skipping the shutdown
+    loses nothing: stdout, stderr and logging are flushed here first.
+
+    Exit codes: 0 after a run, argparse's 2 for a bad command line, 130 on Ctrl-C, 1 after any
+    other error (its traceback printed to stderr, where torchrun shows it).
+    """
+    try:
+        code = main(argv)
+    except SystemExit as stop:  # argparse has already said why; a text is said as Python would
+        if isinstance(stop.code, int) or stop.code is None:
+            code = stop.code or 0
+        else:
+            print(stop.code, file=sys.stderr)
+            code = 1
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said on it
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_and_exit()
